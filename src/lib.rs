@@ -1,0 +1,5 @@
+//! provisiond: a gRPC service that stores and validates the provision policies of app
+//! entitlements. See DESIGN.md for the contract; `server::serve` is the one entry point.
+pub mod pb;
+pub mod policy;
+pub mod store;

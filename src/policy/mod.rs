@@ -1,0 +1,61 @@
+//! The validation rules of a provision policy resource (DESIGN.md 2.4). No tonic, no SQL: the
+//! rules read the protobuf types and, for the rules that span entitlements, a [`Lookup`] of what
+//! is stored.
+//!
+//! `check_static` holds every rule that needs nothing but the resource; `check_graph` the rules
+//! that follow stored delegations. The store runs `check_graph` inside its write transaction so
+//! the check and the write are atomic; [`validate`] runs both.
+
+pub mod reason;
+
+use crate::pb;
+
+/// Why a lookup of stored state failed; the store's own error, boxed so `policy` stays free of it.
+pub type LookupError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Read access to stored state, for the rules that span entitlements.
+pub trait Lookup {
+    /// The current stored resource of `entitlement`, if it has one.
+    fn stored_policy(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> Result<Option<pb::EntitlementProvisionPolicy>, LookupError>;
+
+    /// Whether a proxy binding from `source` into `destination` is stored.
+    fn binding_exists(
+        &self,
+        source: &pb::EntitlementRef,
+        destination: &pb::EntitlementRef,
+    ) -> Result<bool, LookupError>;
+}
+
+/// Runs every rule: the static ones, then those that need the store.
+pub fn validate(
+    resource: &pb::EntitlementProvisionPolicy,
+    lookup: &dyn Lookup,
+) -> Result<Vec<pb::PolicyViolation>, LookupError> {
+    let mut violations = check_static(resource);
+    violations.extend(check_graph(resource, lookup)?);
+    Ok(violations)
+}
+
+/// Whether any violation blocks a write.
+pub fn has_errors(violations: &[pb::PolicyViolation]) -> bool {
+    violations
+        .iter()
+        .any(|v| v.severity == pb::Severity::Error as i32)
+}
+
+/// Every rule that needs nothing but the resource. Paths start at `policy`, the field that holds
+/// the resource in both SetProvisionPolicyRequest and ValidateProvisionPolicyRequest.
+pub fn check_static(_resource: &pb::EntitlementProvisionPolicy) -> Vec<pb::PolicyViolation> {
+    Vec::new() // replaced by the rules of DESIGN.md 2.4
+}
+
+/// The rules that follow stored delegations and bindings (DESIGN.md 2.4, delegation rows).
+pub fn check_graph(
+    _resource: &pb::EntitlementProvisionPolicy,
+    _lookup: &dyn Lookup,
+) -> Result<Vec<pb::PolicyViolation>, LookupError> {
+    Ok(Vec::new()) // the delegation graph rules come with proxy bindings
+}

@@ -1,0 +1,21 @@
+//! The stable machine-readable reasons of [`crate::pb::PolicyViolation`], documented in the proto.
+
+pub const REQUIRED: &str = "REQUIRED";
+pub const INVALID_ID: &str = "INVALID_ID";
+pub const NO_PROVISIONER: &str = "NO_PROVISIONER";
+pub const SUPERSEDED_FIELD: &str = "SUPERSEDED_FIELD";
+pub const INVALID_CEL: &str = "INVALID_CEL";
+pub const INVALID_CONFIG_VALUE: &str = "INVALID_CONFIG_VALUE";
+pub const EMPTY_MULTI_STEP: &str = "EMPTY_MULTI_STEP";
+pub const TOO_MANY_STEPS: &str = "TOO_MANY_STEPS";
+pub const TOO_DEEP: &str = "TOO_DEEP";
+pub const TOO_MANY_NODES: &str = "TOO_MANY_NODES";
+pub const NESTED_MULTI_STEP: &str = "NESTED_MULTI_STEP";
+pub const DUPLICATE_VALUE: &str = "DUPLICATE_VALUE";
+pub const TOO_LONG: &str = "TOO_LONG";
+pub const INVALID_TEXT: &str = "INVALID_TEXT";
+pub const SELF_DELEGATION: &str = "SELF_DELEGATION";
+pub const DANGLING_DELEGATION: &str = "DANGLING_DELEGATION";
+pub const DELEGATION_CYCLE: &str = "DELEGATION_CYCLE";
+pub const DELEGATION_TOO_DEEP: &str = "DELEGATION_TOO_DEEP";
+pub const MISSING_PROXY_BINDING: &str = "MISSING_PROXY_BINDING";
