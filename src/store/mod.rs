@@ -5,6 +5,7 @@
 //! revision and times, keeps every revision, and runs the caller's check inside the write
 //! transaction so that a check against stored state and the write are atomic.
 
+pub mod record;
 pub mod sqlite;
 
 use std::future::Future;
@@ -29,9 +30,8 @@ pub struct StoredRevision {
 
 /// The check a write runs inside its transaction, against the state it is about to change.
 /// It returns every violation found; the write happens only when none has severity ERROR.
-pub type WriteCheck = Box<
-    dyn FnOnce(&dyn Lookup) -> Result<Vec<pb::PolicyViolation>, LookupError> + Send + 'static,
->;
+pub type WriteCheck =
+    Box<dyn FnOnce(&dyn Lookup) -> Result<Vec<pb::PolicyViolation>, LookupError> + Send + 'static>;
 
 /// A replacement of one entitlement's resource.
 pub struct Write {
@@ -55,7 +55,9 @@ pub enum WriteOutcome {
         violations: Vec<pb::PolicyViolation>,
     },
     /// The check found violations of severity ERROR; nothing was written.
-    Rejected { violations: Vec<pb::PolicyViolation> },
+    Rejected {
+        violations: Vec<pb::PolicyViolation>,
+    },
 }
 
 /// Why a store operation failed.
