@@ -1,0 +1,102 @@
+// Black-box test with Node @grpc/grpc-js, loading the repo's protos at run time.
+// Usage: node node_client.js HOST:PORT REPO_ROOT
+'use strict';
+
+const assert = require('node:assert/strict');
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
+
+const [address, repo] = process.argv.slice(2);
+
+// The google.rpc messages this client needs to read grpc-status-details-bin.
+const rpcTypes = protobuf.parse(`
+  syntax = "proto3";
+  package google.rpc;
+  import "google/protobuf/any.proto";
+  message Status { int32 code = 1; string message = 2; repeated google.protobuf.Any details = 3; }
+  message ErrorInfo { string reason = 1; string domain = 2; map<string, string> metadata = 3; }
+  message BadRequest {
+    message FieldViolation { string field = 1; string description = 2; string reason = 3; }
+    repeated FieldViolation field_violations = 1;
+  }
+`, { keepCase: true }).root;
+
+function call(client, method, request) {
+  return new Promise((resolve, reject) => {
+    client[method](request, (error, response) => (error ? reject(error) : resolve(response)));
+  });
+}
+
+function details(error) {
+  const raw = error.metadata.get('grpc-status-details-bin')[0];
+  assert.ok(raw, 'grpc-status-details-bin present');
+  const status = rpcTypes.lookupType('google.rpc.Status').decode(raw);
+  const found = {};
+  for (const any of status.details) {
+    const name = any.type_url.split('/').pop();
+    found[name] = rpcTypes.lookupType(name).decode(any.value);
+  }
+  return found;
+}
+
+async function main() {
+  const definition = protoLoader.loadSync(
+    ['provision/v1/provision_policy_service.proto'],
+    { keepCase: true, longs: String, enums: String, defaults: false, oneofs: true, includeDirs: [path.join(repo, 'proto')] },
+  );
+  const v1 = grpc.loadPackageDefinition(definition).provision.v1;
+  const client = new v1.ProvisionPolicyService(address, grpc.credentials.createInsecure());
+
+  const entitlement = { app_id: 'node-app', entitlement_id: 'viewers' };
+  const resource = {
+    entitlement,
+    provision_policy: {
+      multi_step: {
+        provision_steps: [
+          { external_ticket: { app_id: 'jira', connector_id: 'jira-connector', external_ticket_provisioner_config_id: 'cfg-1', instructions: 'File in IT.' } },
+          { delegated: { app_id: 'okta', entitlement_id: 'everyone', implicit: true } },
+        ],
+      },
+    },
+  };
+
+  const set = await call(client, 'SetProvisionPolicy', { policy: resource });
+  assert.equal(set.policy.revision, '1');
+  assert.equal(set.policy.etag, '"1"');
+
+  const got = await call(client, 'GetProvisionPolicy', { entitlement });
+  assert.deepEqual(got.policy, set.policy);
+  assert.equal(got.policy.provision_policy.multi_step.provision_steps[0].external_ticket.connector_id, 'jira-connector');
+
+  const invalid = { entitlement, provision_policy: { delegated: { app_id: 'node-app', entitlement_id: 'viewers' } } };
+  const answer = await call(client, 'ValidateProvisionPolicy', { policy: invalid });
+  assert.equal(answer.valid, false);
+  assert.ok(answer.violations.some((v) => v.reason === 'SELF_DELEGATION' && v.severity === 'SEVERITY_ERROR'),
+    JSON.stringify(answer.violations));
+
+  await assert.rejects(call(client, 'SetProvisionPolicy', { policy: invalid }), (error) => {
+    assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
+    const found = details(error);
+    assert.equal(found.ErrorInfo.reason, 'INVALID_PROVISION_POLICY');
+    assert.equal(found.ErrorInfo.domain, 'provisiond');
+    assert.ok(found.BadRequest.field_violations.some((v) => v.reason === 'SELF_DELEGATION'),
+      JSON.stringify(found.BadRequest));
+    return true;
+  });
+
+  await assert.rejects(call(client, 'SetProvisionPolicy', { policy: resource, etag: '"5"' }), (error) => {
+    assert.equal(error.code, grpc.status.ABORTED);
+    assert.equal(details(error).ErrorInfo.reason, 'ETAG_MISMATCH');
+    return true;
+  });
+
+  client.close();
+  console.log('node: all checks passed');
+}
+
+main().catch((error) => {
+  console.error('FAIL:', error);
+  process.exit(1);
+});
