@@ -27,11 +27,22 @@ pub struct StoredRevision {
     pub update_time: SystemTime,
 }
 
+/// `resource` with its output-only fields (etag, revision, times) cleared: the form a backend
+/// stores, since those fields are derived from the record around it.
+pub fn without_output_only(
+    mut resource: pb::EntitlementProvisionPolicy,
+) -> pb::EntitlementProvisionPolicy {
+    resource.etag.clear();
+    resource.revision = 0;
+    resource.create_time = None;
+    resource.update_time = None;
+    resource
+}
+
 /// The check a write runs inside its transaction, against the state it is about to change.
 /// It returns every violation found; the write happens only when none has severity ERROR.
-pub type WriteCheck = Box<
-    dyn FnOnce(&dyn Lookup) -> Result<Vec<pb::PolicyViolation>, LookupError> + Send + 'static,
->;
+pub type WriteCheck =
+    Box<dyn FnOnce(&dyn Lookup) -> Result<Vec<pb::PolicyViolation>, LookupError> + Send + 'static>;
 
 /// A replacement of one entitlement's resource.
 pub struct Write {
@@ -47,6 +58,10 @@ pub struct Write {
 
 /// What a [`Write`] came to when the store itself did not fail.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per write; boxing would only add an allocation"
+)]
 pub enum WriteOutcome {
     /// Stored (or, for `validate_only`, would have been stored as) `record`; `violations` holds
     /// only warnings.
@@ -55,7 +70,9 @@ pub enum WriteOutcome {
         violations: Vec<pb::PolicyViolation>,
     },
     /// The check found violations of severity ERROR; nothing was written.
-    Rejected { violations: Vec<pb::PolicyViolation> },
+    Rejected {
+        violations: Vec<pb::PolicyViolation>,
+    },
 }
 
 /// Why a store operation failed.
