@@ -1,7 +1,8 @@
 //! The embedded SQLite backend: one file in the data dir, WAL, `synchronous=FULL`.
 //!
 //! One writer thread owns the only read-write connection and group-commits the queued writes
-//! (`writer.rs`); reads use a pool of read-only connections that never wait for it (`reads.rs`).
+//! (`writer.rs`); reads use a pool of read-only connections that never wait for it (`reads.rs`):
+//! `get` on the calling task, `check` (caller code of unbounded cost) on a blocking thread.
 //! An exclusive lock file keeps a second process off the data dir.
 
 mod error;
@@ -69,13 +70,10 @@ impl Store for SqliteStore {
         entitlement: &pb::EntitlementRef,
         revision: Option<i64>,
     ) -> Result<Option<StoredRevision>, StoreError> {
-        let key = entitlement.clone();
-        self.readers
-            .run(move |conn| match revision {
-                None => queries::current(conn, &key),
-                Some(revision) => queries::at_revision(conn, &key, revision),
-            })
-            .await
+        self.readers.read(|conn| match revision {
+            None => queries::current(conn, entitlement),
+            Some(revision) => queries::at_revision(conn, entitlement, revision),
+        })
     }
 
     /// The write is queued when this is called, before the future is first polled.
@@ -90,7 +88,7 @@ impl Store for SqliteStore {
 
     async fn check(&self, check: WriteCheck) -> Result<Vec<pb::PolicyViolation>, StoreError> {
         self.readers
-            .run(move |conn| {
+            .read_blocking(move |conn| {
                 // One read transaction: every lookup of the check sees the same snapshot.
                 let tx = conn.transaction()?;
                 lookup::run_check(check, &tx)
