@@ -5,6 +5,8 @@
 //! revision and times, keeps every revision, and runs the caller's check inside the write
 //! transaction so that a check against stored state and the write are atomic.
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod sqlite;
 
 use std::future::Future;

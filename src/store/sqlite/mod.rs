@@ -11,6 +11,8 @@ mod open;
 mod queries;
 mod reads;
 mod schema;
+#[cfg(test)]
+mod tests;
 mod writer;
 
 use std::future::Future;
@@ -61,6 +63,14 @@ impl SqliteStore {
     /// so under concurrent load this grows slower than the number of writes.
     pub fn commits(&self) -> u64 {
         self.writer.commits()
+    }
+
+    /// Runs `task` on the writer's connection, between batches, in queue order.
+    #[cfg(test)]
+    fn run_on_writer(&self, task: impl FnOnce(&rusqlite::Connection) + Send + 'static) {
+        self.writer
+            .submit(Job::Run(Box::new(task)))
+            .expect("writer is running");
     }
 }
 
