@@ -5,6 +5,8 @@
 //! revision and times, keeps every revision, and runs the caller's check inside the write
 //! transaction so that a check against stored state and the write are atomic.
 
+#[cfg(test)]
+pub(crate) mod contract;
 pub mod record;
 pub mod sqlite;
 
@@ -47,6 +49,10 @@ pub struct Write {
 
 /// What a [`Write`] came to when the store itself did not fail.
 #[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per write; boxing would only add an allocation"
+)]
 pub enum WriteOutcome {
     /// Stored (or, for `validate_only`, would have been stored as) `record`; `violations` holds
     /// only warnings.

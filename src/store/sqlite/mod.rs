@@ -1,0 +1,130 @@
+//! The embedded SQLite backend: one file in the data dir, WAL, `synchronous=FULL`.
+//!
+//! One writer thread owns the only read-write connection and group-commits the queued writes
+//! (`writer.rs`); reads use a pool of read-only connections that never wait for it (`reads.rs`):
+//! `get` on the calling task, `check` (caller code of unbounded cost) on a blocking thread.
+//! An exclusive lock file keeps a second process off the data dir.
+
+mod error;
+mod lookup;
+mod open;
+mod queries;
+mod reads;
+mod schema;
+#[cfg(test)]
+mod tests;
+mod writer;
+
+use std::future::Future;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use tokio::sync::oneshot;
+
+use self::error::Failure;
+pub use self::error::OpenError;
+use self::open::{DATABASE_FILE, DataDirLock};
+use self::reads::ReadPool;
+use self::writer::{Job, Writer};
+use super::{Store, StoreError, StoredRevision, Write, WriteCheck, WriteOutcome};
+use crate::pb;
+
+/// The SQLite [`Store`]. Open it once per data dir and process; [`Store::close`] it on shutdown
+/// (dropping it also stops the writer, after answering every queued write).
+pub struct SqliteStore {
+    // Declared in the order they must stop: the writer answers its queue before the data dir is
+    // unlocked.
+    writer: Writer,
+    readers: Arc<ReadPool>,
+    lock: Mutex<Option<DataDirLock>>,
+}
+
+impl SqliteStore {
+    /// Opens (creating it if needed) the store in `data_dir`. Fails at once if another process
+    /// uses the dir, and refuses a file that is not a healthy provisiond database of a schema
+    /// version this code knows; such a file is never modified.
+    pub fn open(data_dir: &Path) -> Result<Self, OpenError> {
+        std::fs::create_dir_all(data_dir).map_err(|source| OpenError::CreateDir {
+            path: data_dir.to_owned(),
+            source,
+        })?;
+        let lock = DataDirLock::acquire(data_dir)?;
+        let path = data_dir.join(DATABASE_FILE);
+        let conn = open::open_writer(&path)?;
+        let writer = Writer::spawn(conn).map_err(OpenError::Spawn)?;
+        Ok(Self {
+            writer,
+            readers: ReadPool::new(path),
+            lock: Mutex::new(Some(lock)),
+        })
+    }
+
+    /// How many transactions the writer has committed since open. Each holds a batch of writes,
+    /// so under concurrent load this grows slower than the number of writes.
+    pub fn commits(&self) -> u64 {
+        self.writer.commits()
+    }
+
+    /// Runs `task` on the writer's connection, between batches, in queue order.
+    #[cfg(test)]
+    fn run_on_writer(&self, task: impl FnOnce(&rusqlite::Connection) + Send + 'static) {
+        self.writer
+            .submit(Job::Run(Box::new(task)))
+            .expect("writer is running");
+    }
+}
+
+impl Store for SqliteStore {
+    async fn get(
+        &self,
+        entitlement: &pb::EntitlementRef,
+        revision: Option<i64>,
+    ) -> Result<Option<StoredRevision>, StoreError> {
+        self.readers.read(|conn| match revision {
+            None => queries::current(conn, entitlement),
+            Some(revision) => queries::at_revision(conn, entitlement, revision),
+        })
+    }
+
+    /// The write is queued when this is called, before the future is first polled.
+    fn write(&self, write: Write) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send {
+        let (reply, answer) = oneshot::channel();
+        let submitted = self.writer.submit(Job::Write(write, reply));
+        async move {
+            submitted?;
+            answer.await.map_err(|_| Failure::WriterStopped)?
+        }
+    }
+
+    async fn check(&self, check: WriteCheck) -> Result<Vec<pb::PolicyViolation>, StoreError> {
+        self.readers
+            .read_blocking(move |conn| {
+                // One read transaction: every lookup of the check sees the same snapshot.
+                let tx = conn.transaction()?;
+                lookup::run_check(check, &tx)
+            })
+            .await
+    }
+
+    async fn close(&self) -> Result<(), StoreError> {
+        // Readers first, so that the writer's final checkpoint can empty the WAL.
+        self.readers.close();
+        let stopped = match self.writer.stop() {
+            Some(thread) => match tokio::task::spawn_blocking(move || thread.join()).await {
+                Ok(Ok(closed)) => closed,
+                Ok(Err(_panic)) => Err(Failure::WriterStopped.into()),
+                Err(err) => Err(Failure::BlockingTask(err).into()),
+            },
+            None => Ok(()),
+        };
+        if let Some(lock) = self
+            .lock
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        {
+            lock.release();
+        }
+        stopped
+    }
+}
