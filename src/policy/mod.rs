@@ -6,7 +6,10 @@
 //! that follow stored delegations. The store runs `check_graph` inside its write transaction so
 //! the check and the write are atomic; [`validate`] runs both.
 
+pub mod limits;
+pub mod path;
 pub mod reason;
+pub mod walk;
 
 use crate::pb;
 
