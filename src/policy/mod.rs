@@ -20,6 +20,9 @@ mod text;
 mod violations;
 pub mod walk;
 
+#[cfg(test)]
+mod tests;
+
 use crate::pb;
 
 /// Why a lookup of stored state failed; the store's own error, boxed so `policy` stays free of it.
