@@ -6,7 +6,22 @@
 //! that follow stored delegations. The store runs `check_graph` inside its write transaction so
 //! the check and the write are atomic; [`validate`] runs both.
 
+mod cel;
+mod connector;
+mod ids;
+pub mod limits;
+mod lists;
+mod manual;
+mod node;
+pub mod path;
 pub mod reason;
+mod resource;
+mod text;
+mod violations;
+pub mod walk;
+
+#[cfg(test)]
+mod tests;
 
 use crate::pb;
 
@@ -46,10 +61,21 @@ pub fn has_errors(violations: &[pb::PolicyViolation]) -> bool {
         .any(|v| v.severity == pb::Severity::Error as i32)
 }
 
-/// Every rule that needs nothing but the resource. Paths start at `policy`, the field that holds
-/// the resource in both SetProvisionPolicyRequest and ValidateProvisionPolicyRequest.
-pub fn check_static(_resource: &pb::EntitlementProvisionPolicy) -> Vec<pb::PolicyViolation> {
-    Vec::new() // replaced by the rules of DESIGN.md 2.4
+/// Every rule that needs nothing but the resource, every violation found, in field order. Paths
+/// start at `policy`, the field that holds the resource in both SetProvisionPolicyRequest and
+/// ValidateProvisionPolicyRequest (see [`path`]).
+///
+/// - A `ProvisionPolicy` with no `typ` is REQUIRED at its own path (`policy.provision_policy`,
+///   `….provision_steps[1]`).
+/// - A top-level `multi_step` is level 1, one among its steps level 2, and so on: a `multi_step`
+///   at level 5 is TOO_DEEP at its own path (`….multi_step`), and its steps are not checked.
+/// - TOO_MANY_NODES counts the `ProvisionPolicy` messages of `provision_policy` and
+///   `deprovision_policy` together; it is reported once, at the first one past the limit, and
+///   neither it nor any after it is checked.
+/// - An empty CEL expression is INVALID_CEL; one longer than [`limits::MAX_CEL_BYTES`] TOO_LONG.
+/// - A repeated value in a list is DUPLICATE_VALUE at its own index, and checked only once.
+pub fn check_static(resource: &pb::EntitlementProvisionPolicy) -> Vec<pb::PolicyViolation> {
+    resource::check(resource)
 }
 
 /// The rules that follow stored delegations and bindings (DESIGN.md 2.4, delegation rows).
