@@ -16,8 +16,14 @@ pub const DOMAIN: &str = "provisiond";
 /// The `ResourceInfo.resource_type` of a provision policy resource.
 pub const RESOURCE_TYPE: &str = "provision.v1.EntitlementProvisionPolicy";
 
-/// How many violations the status message spells out; the details list all of them.
+/// How many violations the status message spells out; the details list the rest.
 const VIOLATIONS_IN_MESSAGE: usize = 3;
+
+/// The BadRequest detail travels base64-encoded in the `grpc-status-details-bin` trailer, and
+/// gRPC clients refuse metadata past 8 KiB (soft) / 16 KiB (hard) by default (grpc core, as
+/// Python's grpcio): list violations while their text stays under this, and say how many were
+/// left out.
+const MAX_DETAIL_TEXT_BYTES: usize = 4 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -157,14 +163,27 @@ impl From<Error> for tonic::Status {
 }
 
 fn field_violations(violations: &[pb::PolicyViolation]) -> Vec<FieldViolation> {
-    violations
-        .iter()
-        .map(|v| {
-            let mut fv = FieldViolation::new(&v.field, &v.description);
-            fv.reason = v.reason.clone();
-            fv
-        })
-        .collect()
+    let mut budget = MAX_DETAIL_TEXT_BYTES;
+    let mut listed = Vec::new();
+    for v in violations {
+        let size = v.field.len() + v.description.len() + v.reason.len();
+        if size > budget {
+            let left_out = violations.len() - listed.len();
+            listed.push(FieldViolation::new(
+                "policy",
+                format!(
+                    "{left_out} more violation(s) not listed here, to keep the error small; \
+                     ValidateProvisionPolicy returns them as data"
+                ),
+            ));
+            break;
+        }
+        budget -= size;
+        let mut listed_violation = FieldViolation::new(&v.field, &v.description);
+        listed_violation.reason = v.reason.clone();
+        listed.push(listed_violation);
+    }
+    listed
 }
 
 /// The first few violations in one line, so the message stands on its own.

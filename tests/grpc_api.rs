@@ -398,7 +398,7 @@ async fn warnings_do_not_block_set_and_are_returned() {
     assert_eq!(set.warnings[0].severity, pb::Severity::Warning as i32);
     assert_eq!(
         set.warnings[0].field,
-        "policy.provision_policy.multi_step.provision_steps[1]"
+        "policy.provision_policy.multi_step.provision_steps[1].multi_step"
     );
 }
 
@@ -539,4 +539,53 @@ async fn concurrent_sets_with_one_etag_have_exactly_one_winner() {
         .expect("get")
         .into_inner();
     assert_eq!(current.policy.expect("policy").revision, 2);
+}
+
+#[tokio::test]
+async fn a_flood_of_bad_ids_gives_a_bounded_answer() {
+    let server = TestServer::start().await;
+    let mut client = server.client.clone();
+    let bad_ids: Vec<String> = (0..5000).map(|i| format!("bad id {i}")).collect();
+    let ids: Vec<&str> = bad_ids.iter().map(String::as_str).collect();
+    let flood = resource(entitlement("a", "b"), manual(&ids));
+    let answer = client
+        .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+            policy: Some(flood.clone()),
+        })
+        .await
+        .expect("validate")
+        .into_inner();
+    assert!(!answer.valid);
+    assert_eq!(answer.violations.len(), 101, "100 listed and one summary");
+    let summary = answer.violations.last().expect("summary");
+    assert_eq!(summary.reason, "TOO_MANY_VIOLATIONS");
+    assert_eq!(summary.field, "policy");
+    assert!(
+        summary.description.contains("4900 more"),
+        "{}",
+        summary.description
+    );
+
+    let status = client
+        .set_provision_policy(set_request(flood, ""))
+        .await
+        .expect_err("invalid");
+    assert_eq!(status.code(), Code::InvalidArgument);
+    let listed = status
+        .get_error_details()
+        .bad_request()
+        .cloned()
+        .expect("BadRequest")
+        .field_violations;
+    assert!(
+        listed.len() < 101,
+        "the trailer stays small: {}",
+        listed.len()
+    );
+    let last = listed.last().expect("last");
+    assert!(
+        last.description
+            .contains("ValidateProvisionPolicy returns them as data"),
+        "{last:?}"
+    );
 }

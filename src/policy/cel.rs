@@ -73,37 +73,22 @@ fn kind_name(kind: Option<&Kind>) -> &'static str {
 /// Parses every source and returns, for each, what is wrong with it (None: it parses).
 ///
 /// The parser recurses far deeper than a tokio worker's 2 MiB stack allows (see
-/// [`CEL_STACK_BYTES`]), so the parses run on one thread with a stack of that size, and only
-/// when there is something to parse. A panic of the parser refuses that one expression instead
-/// of taking the caller down.
+/// [`CEL_STACK_BYTES`]), so the parses run on a stack of that size, switched to on this thread
+/// (a mapping, not a thread start) and only when there is something to parse. A panic of the
+/// parser refuses that one expression instead of taking the caller down.
 pub(super) fn parse_all(sources: &[&str]) -> Vec<Option<String>> {
     if sources.is_empty() {
         return Vec::new();
     }
-    let outcome = std::thread::scope(|scope| {
-        std::thread::Builder::new()
-            .name("cel-parse".to_owned())
-            .stack_size(CEL_STACK_BYTES)
-            .spawn_scoped(scope, || {
-                sources
-                    .iter()
-                    .map(|source| {
-                        catch_unwind(AssertUnwindSafe(|| parse_error(source))).unwrap_or_else(
-                            |_| Some("the CEL parser failed on this expression".to_owned()),
-                        )
-                    })
-                    .collect::<Vec<_>>()
+    stacker::maybe_grow(CEL_STACK_BYTES, CEL_STACK_BYTES, || {
+        sources
+            .iter()
+            .map(|source| {
+                catch_unwind(AssertUnwindSafe(|| parse_error(source)))
+                    .unwrap_or_else(|_| Some("the CEL parser failed on this expression".to_owned()))
             })
-            .map(|parser| parser.join())
-    });
-    match outcome {
-        Ok(Ok(errors)) => errors,
-        // Refuse rather than accept unchecked; the caller may retry.
-        _ => vec![
-            Some("could not be checked: no parser thread could be started; retry".to_owned());
-            sources.len()
-        ],
-    }
+            .collect()
+    })
 }
 
 /// The first parse error of `source`, with its position, if it does not parse.

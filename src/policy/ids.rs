@@ -5,6 +5,7 @@ use super::limits::MAX_ID_BYTES;
 use super::path::Path;
 use super::reason;
 use super::violations::{Violations, echo};
+use crate::pb;
 
 /// A required id: REQUIRED when empty, else INVALID_ID when malformed; never both.
 pub(super) fn check_required(violations: &mut Violations<'_>, path: &Path, id: &str) {
@@ -41,4 +42,23 @@ pub(super) fn is_valid(id: &str) -> bool {
         && id
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b':' | b'-'))
+}
+
+/// An entitlement reference: required, with both ids required.
+pub(super) fn check_entitlement(
+    violations: &mut Violations<'_>,
+    path: &Path,
+    entitlement: Option<&pb::EntitlementRef>,
+) {
+    match entitlement {
+        None => violations.error(path, reason::REQUIRED, "must be set"),
+        Some(entitlement) => {
+            check_required(violations, &path.field("app_id"), &entitlement.app_id);
+            check_required(
+                violations,
+                &path.field("entitlement_id"),
+                &entitlement.entitlement_id,
+            );
+        }
+    }
 }

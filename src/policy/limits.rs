@@ -34,8 +34,11 @@ pub const MAX_CEL_BYTES: usize = 4096;
 /// the parser stops there instead of recursing further.
 pub const MAX_CEL_NESTING: u16 = 32;
 
-/// The stack of the thread that parses CEL. The parser recurses deeply: measured in a debug
+/// The stack CEL is parsed on. The parser recurses deeply: measured in a debug
 /// build, one level of parentheses takes about 160 KiB and one `.b` of a chain about 2 KiB, so
 /// the worst input the two limits above allow needs about 9 MiB, far more than the 2 MiB of a
 /// tokio worker. Only the pages touched are committed.
 pub const CEL_STACK_BYTES: usize = 32 << 20;
+
+/// At most this many violations are listed; the rest are summed up in one TOO_MANY_VIOLATIONS.
+pub const MAX_VIOLATIONS: usize = 100;

@@ -14,7 +14,12 @@ impl Path {
     /// The path of the resource itself: `policy`, the field that holds it in both
     /// SetProvisionPolicyRequest and ValidateProvisionPolicyRequest.
     pub fn resource() -> Self {
-        Path("policy".to_owned())
+        Self::request_field("policy")
+    }
+
+    /// The path of the top-level field `name` of a request.
+    pub fn request_field(name: &str) -> Self {
+        Path(name.to_owned())
     }
 
     /// The path of the field `name` of the message at this path.

@@ -19,3 +19,8 @@ pub const DANGLING_DELEGATION: &str = "DANGLING_DELEGATION";
 pub const DELEGATION_CYCLE: &str = "DELEGATION_CYCLE";
 pub const DELEGATION_TOO_DEEP: &str = "DELEGATION_TOO_DEEP";
 pub const MISSING_PROXY_BINDING: &str = "MISSING_PROXY_BINDING";
+/// More violations than are listed; see [`super::limits::MAX_VIOLATIONS`].
+pub const TOO_MANY_VIOLATIONS: &str = "TOO_MANY_VIOLATIONS";
+
+/// Request-level reasons (outside the policy resource).
+pub const INVALID_REVISION: &str = "INVALID_REVISION";

@@ -10,22 +10,11 @@ use crate::pb;
 pub(super) fn check(resource: &pb::EntitlementProvisionPolicy) -> Vec<pb::PolicyViolation> {
     let mut violations = Violations::default();
     let root = Path::resource();
-    let entitlement_path = root.field("entitlement");
-    match &resource.entitlement {
-        None => violations.error(&entitlement_path, reason::REQUIRED, "must be set"),
-        Some(entitlement) => {
-            ids::check_required(
-                &mut violations,
-                &entitlement_path.field("app_id"),
-                &entitlement.app_id,
-            );
-            ids::check_required(
-                &mut violations,
-                &entitlement_path.field("entitlement_id"),
-                &entitlement.entitlement_id,
-            );
-        }
-    }
+    ids::check_entitlement(
+        &mut violations,
+        &root.field("entitlement"),
+        resource.entitlement.as_ref(),
+    );
     if resource.provision_policy.is_none() {
         violations.error(
             &root.field("provision_policy"),

@@ -2,7 +2,7 @@
 //! descriptions.
 
 use super::cel;
-use super::limits::MAX_ECHO_CHARS;
+use super::limits::{MAX_ECHO_CHARS, MAX_VIOLATIONS};
 use super::path::{Path, quote};
 use super::reason;
 use crate::pb;
@@ -13,6 +13,10 @@ use crate::pb;
 #[derive(Debug, Default)]
 pub(super) struct Violations<'a> {
     found: Vec<Found<'a>>,
+    /// Violations past [`MAX_VIOLATIONS`], counted but not kept: a 1 MiB request of empty ids
+    /// would otherwise make an answer of tens of megabytes, more than clients accept.
+    dropped: usize,
+    dropped_errors: bool,
 }
 
 #[derive(Debug)]
@@ -33,13 +37,31 @@ impl<'a> Violations<'a> {
     /// Queues the parse of the CEL expression `source`; an INVALID_CEL error takes this place
     /// in the order if it does not parse.
     pub(super) fn parse_cel_later(&mut self, path: &Path, source: &'a str) {
+        if self.is_full() {
+            // Unparsed, so it may be fine or not: count it as a possible error.
+            self.drop_one(pb::Severity::Error);
+            return;
+        }
         self.found.push(Found::CelToParse {
             path: path.clone(),
             source,
         });
     }
 
+    fn is_full(&self) -> bool {
+        self.found.len() >= MAX_VIOLATIONS
+    }
+
+    fn drop_one(&mut self, severity: pb::Severity) {
+        self.dropped += 1;
+        self.dropped_errors |= severity == pb::Severity::Error;
+    }
+
     fn push(&mut self, path: &Path, reason: &str, description: String, severity: pb::Severity) {
+        if self.is_full() {
+            self.drop_one(severity);
+            return;
+        }
         self.found.push(Found::Violation(violation(
             path,
             reason,
@@ -59,7 +81,9 @@ impl<'a> Violations<'a> {
             })
             .collect();
         let mut parse_errors = cel::parse_all(&sources).into_iter();
-        self.found
+        let (dropped, dropped_errors) = (self.dropped, self.dropped_errors);
+        let mut violations: Vec<pb::PolicyViolation> = self
+            .found
             .into_iter()
             .filter_map(|found| match found {
                 Found::Violation(violation) => Some(violation),
@@ -72,7 +96,24 @@ impl<'a> Violations<'a> {
                     )
                 }),
             })
-            .collect()
+            .collect();
+        if dropped > 0 {
+            let severity = if dropped_errors {
+                pb::Severity::Error
+            } else {
+                pb::Severity::Warning
+            };
+            violations.push(violation(
+                &Path::resource(),
+                reason::TOO_MANY_VIOLATIONS,
+                format!(
+                    "has {dropped} more violation(s) past the first {MAX_VIOLATIONS}, not listed; \
+                     fix these and check again"
+                ),
+                severity,
+            ));
+        }
+        violations
     }
 }
 

@@ -14,12 +14,17 @@ const [address, repo] = process.argv.slice(2);
 const rpcTypes = protobuf.parse(`
   syntax = "proto3";
   package google.rpc;
-  import "google/protobuf/any.proto";
-  message Status { int32 code = 1; string message = 2; repeated google.protobuf.Any details = 3; }
+  // google.protobuf.Any, wire-compatible, declared here so the parse needs no imports.
+  message AnyDetail { string type_url = 1; bytes value = 2; }
+  message Status { int32 code = 1; string message = 2; repeated AnyDetail details = 3; }
   message ErrorInfo { string reason = 1; string domain = 2; map<string, string> metadata = 3; }
   message BadRequest {
     message FieldViolation { string field = 1; string description = 2; string reason = 3; }
     repeated FieldViolation field_violations = 1;
+  }
+  message PreconditionFailure {
+    message Violation { string type = 1; string subject = 2; string description = 3; }
+    repeated Violation violations = 1;
   }
 `, { keepCase: true }).root;
 
@@ -35,8 +40,8 @@ function details(error) {
   const status = rpcTypes.lookupType('google.rpc.Status').decode(raw);
   const found = {};
   for (const any of status.details) {
-    const name = any.type_url.split('/').pop();
-    found[name] = rpcTypes.lookupType(name).decode(any.value);
+    const fullName = any.type_url.split('/').pop(); // type.googleapis.com/google.rpc.ErrorInfo
+    found[fullName.split('.').pop()] = rpcTypes.lookupType(fullName).decode(any.value);
   }
   return found;
 }
@@ -72,7 +77,7 @@ async function main() {
 
   const invalid = { entitlement, provision_policy: { delegated: { app_id: 'node-app', entitlement_id: 'viewers' } } };
   const answer = await call(client, 'ValidateProvisionPolicy', { policy: invalid });
-  assert.equal(answer.valid, false);
+  assert.ok(!answer.valid, "proto3 omits false; absent means invalid");
   assert.ok(answer.violations.some((v) => v.reason === 'SELF_DELEGATION' && v.severity === 'SEVERITY_ERROR'),
     JSON.stringify(answer.violations));
 
@@ -88,7 +93,9 @@ async function main() {
 
   await assert.rejects(call(client, 'SetProvisionPolicy', { policy: resource, etag: '"5"' }), (error) => {
     assert.equal(error.code, grpc.status.ABORTED);
-    assert.equal(details(error).ErrorInfo.reason, 'ETAG_MISMATCH');
+    const found = details(error);
+    assert.equal(found.ErrorInfo.reason, 'ETAG_MISMATCH');
+    assert.equal(found.PreconditionFailure.violations[0].subject, 'apps/node-app/entitlements/viewers');
     return true;
   });
 

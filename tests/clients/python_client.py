@@ -117,6 +117,21 @@ def main() -> None:
         violations = {(v.field, v.reason) for v in bad_request.field_violations}
         check(violations == fields, f"Set lists what Validate found: {violations} vs {fields}")
 
+    # Many violations: the details must still fit grpcio's default 8 KiB metadata limit.
+    flood = api.EntitlementProvisionPolicy(
+        entitlement=entitlement,
+        provision_policy=model.ProvisionPolicy(
+            manual=model.ManualProvision(user_ids=[f"bad user {i}" for i in range(3000)])
+        ),
+    )
+    try:
+        stub.SetProvisionPolicy(api.SetProvisionPolicyRequest(policy=flood))
+        raise SystemExit("FAIL: set of 3000 bad ids succeeded")
+    except grpc.RpcError as error:
+        check(error.code() == grpc.StatusCode.INVALID_ARGUMENT, f"flood INVALID_ARGUMENT, got {error.code()} {error.details()}")
+        status = rpc_status.from_call(error)
+        check(status is not None and len(status.details) == 2, "flood details readable")
+
     try:
         stub.SetProvisionPolicy(api.SetProvisionPolicyRequest(policy=resource, etag=first.policy.etag))
         raise SystemExit("FAIL: stale etag accepted")
