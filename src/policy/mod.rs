@@ -30,11 +30,12 @@ pub type LookupError = Box<dyn std::error::Error + Send + Sync + 'static>;
 
 /// Read access to stored state, for the rules that span entitlements.
 pub trait Lookup {
-    /// The current stored resource of `entitlement`, if it has one.
-    fn stored_policy(
+    /// The entitlements the current stored resource of `entitlement` delegates to (in either
+    /// policy), or `None` when it has no stored resource.
+    fn delegation_targets(
         &self,
         entitlement: &pb::EntitlementRef,
-    ) -> Result<Option<pb::EntitlementProvisionPolicy>, LookupError>;
+    ) -> Result<Option<Vec<pb::EntitlementRef>>, LookupError>;
 
     /// Whether a proxy binding from `source` into `destination` is stored.
     fn binding_exists(

@@ -4,6 +4,12 @@
 //! A backend stores the encoded resource (input fields only: the proto is the schema) with its
 //! revision and times, keeps every revision, and runs the caller's check inside the write
 //! transaction so that a check against stored state and the write are atomic.
+//!
+//! Beside the resources it keeps two small relations the delegation rules read: the delegation
+//! edges of each current resource (entitlement → the entitlements it delegates to) and the proxy
+//! bindings (source → destination: the source is the entitlement delegated to, the destination
+//! the one that delegates). A binding is in use while the destination's current resource
+//! delegates to the source; it cannot be deleted then.
 
 #[cfg(test)]
 pub(crate) mod contract;
@@ -35,10 +41,44 @@ pub struct StoredRevision {
 pub type WriteCheck =
     Box<dyn FnOnce(&dyn Lookup) -> Result<Vec<pb::PolicyViolation>, LookupError> + Send + 'static>;
 
+/// A stored proxy binding: `destination` may delegate provisioning to `source`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBinding {
+    /// The entitlement delegated to.
+    pub source: pb::EntitlementRef,
+    /// The entitlement that delegates.
+    pub destination: pb::EntitlementRef,
+    /// Created by a Set of a delegation with `implicit: true`, not by CreateProxyBinding.
+    pub implicit: bool,
+    pub create_time: SystemTime,
+}
+
+/// Which bindings to list, in the order (source.app_id, source.entitlement_id,
+/// destination.app_id, destination.entitlement_id).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BindingQuery {
+    /// Only bindings from this source.
+    pub source: Option<pb::EntitlementRef>,
+    /// Only bindings into this destination.
+    pub destination: Option<pb::EntitlementRef>,
+    /// Only bindings strictly after this (source, destination) in the order: the last one of
+    /// the previous page.
+    pub after: Option<(pb::EntitlementRef, pb::EntitlementRef)>,
+    /// At most this many.
+    pub limit: usize,
+}
+
 /// A replacement of one entitlement's resource.
 pub struct Write {
     /// The resource to store; `resource.entitlement` is the key. Output-only fields are ignored.
     pub resource: pb::EntitlementProvisionPolicy,
+    /// Every entitlement the resource delegates to, in either policy: stored with it as its
+    /// delegation edges (replacing those of the previous revision).
+    pub delegation_targets: Vec<pb::EntitlementRef>,
+    /// Sources of bindings into this entitlement to create, marked implicit, in the same
+    /// transaction and before the check runs (delegations with `implicit: true`). A binding
+    /// that exists already is kept as it is. Not created when the write does not stand.
+    pub implicit_binding_sources: Vec<pb::EntitlementRef>,
     /// When set, the current revision must equal it (0: the entitlement must have no resource).
     pub expected_revision: Option<i64>,
     /// Run the precondition and the check, but write nothing.
@@ -72,6 +112,15 @@ pub enum StoreError {
     /// The write's `expected_revision` is not the current revision (`None`: no resource yet).
     #[error("expected revision {expected}, found {actual:?}")]
     RevisionMismatch { expected: i64, actual: Option<i64> },
+    /// The binding to create exists already.
+    #[error("already exists")]
+    AlreadyExists,
+    /// The binding to delete does not exist.
+    #[error("not found")]
+    NotFound,
+    /// The binding to delete is in use: the current resources of `dependents` delegate through it.
+    #[error("in use")]
+    InUse { dependents: Vec<pb::EntitlementRef> },
     /// The backend cannot serve now (busy, disk full, connection lost); a retry may succeed.
     #[error("storage unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -97,6 +146,28 @@ pub trait Store: Send + Sync + 'static {
         &self,
         check: WriteCheck,
     ) -> impl Future<Output = Result<Vec<pb::PolicyViolation>, StoreError>> + Send;
+
+    /// Stores a new binding (`create_time` is set by the store), or fails with `AlreadyExists`.
+    fn create_binding(
+        &self,
+        source: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+        implicit: bool,
+    ) -> impl Future<Output = Result<StoredBinding, StoreError>> + Send;
+
+    /// Deletes a binding, atomically with the check that no current resource delegates through
+    /// it (`InUse`), or fails with `NotFound`.
+    fn delete_binding(
+        &self,
+        source: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The bindings `query` selects, in its order.
+    fn list_bindings(
+        &self,
+        query: BindingQuery,
+    ) -> impl Future<Output = Result<Vec<StoredBinding>, StoreError>> + Send;
 
     /// Flushes and closes the backend; called once serving has stopped.
     fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
