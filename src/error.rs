@@ -46,9 +46,41 @@ pub enum Error {
         given: String,
         current: Option<String>,
     },
+    /// CreateProxyBinding of a binding that exists.
+    #[error("proxy binding exists already")]
+    BindingExists {
+        source_entitlement: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+    },
+    /// DeleteProxyBinding of a binding that does not exist.
+    #[error("no such proxy binding")]
+    BindingNotFound {
+        source_entitlement: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+    },
+    /// DeleteProxyBinding of a binding that current policies delegate through.
+    #[error("proxy binding in use")]
+    BindingInUse {
+        // Not `source`: thiserror would take a field of that name for the error's cause.
+        source_entitlement: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+        dependents: Vec<pb::EntitlementRef>,
+    },
     /// The store failed.
     #[error("store failure")]
     Store(#[from] StoreError),
+}
+
+/// The `ResourceInfo.resource_type` of a proxy binding.
+pub const BINDING_RESOURCE_TYPE: &str = "provision.v1.ProxyBinding";
+
+/// `apps/{s…}/entitlements/{s…}/bindings/apps/{d…}/entitlements/{d…}`: how errors name a binding.
+pub fn binding_name(source: &pb::EntitlementRef, destination: &pb::EntitlementRef) -> String {
+    format!(
+        "{}/bindings/{}",
+        resource_name(source),
+        resource_name(destination)
+    )
 }
 
 /// `apps/{app_id}/entitlements/{entitlement_id}`: how errors name a resource.
@@ -127,6 +159,62 @@ impl From<Error> for tonic::Status {
                 }
                 (Code::Aborted, "ETAG_MISMATCH", message, metadata)
             }
+            Error::BindingExists {
+                source_entitlement: source,
+                destination,
+            } => {
+                let name = binding_name(&source, &destination);
+                let message = format!("proxy binding {name} exists already");
+                details.set_resource_info(BINDING_RESOURCE_TYPE, &name, "", message.clone());
+                let metadata = binding_metadata(&source, &destination);
+                (
+                    Code::AlreadyExists,
+                    "PROXY_BINDING_ALREADY_EXISTS",
+                    message,
+                    metadata,
+                )
+            }
+            Error::BindingNotFound {
+                source_entitlement: source,
+                destination,
+            } => {
+                let name = binding_name(&source, &destination);
+                let message = format!("no proxy binding {name}");
+                details.set_resource_info(BINDING_RESOURCE_TYPE, &name, "", message.clone());
+                let metadata = binding_metadata(&source, &destination);
+                (Code::NotFound, "PROXY_BINDING_NOT_FOUND", message, metadata)
+            }
+            Error::BindingInUse {
+                source_entitlement: source,
+                destination,
+                dependents,
+            } => {
+                let name = binding_name(&source, &destination);
+                for dependent in &dependents {
+                    details.add_precondition_failure_violation(
+                        "DELEGATION",
+                        resource_name(dependent),
+                        format!(
+                            "the current provision policy of {} delegates to {} through this binding",
+                            resource_name(dependent),
+                            resource_name(&source)
+                        ),
+                    );
+                }
+                let names: Vec<String> = dependents.iter().map(resource_name).collect();
+                let message = format!(
+                    "proxy binding {name} is in use by the provision policy of {}; change that policy first",
+                    names.join(", ")
+                );
+                let mut metadata = binding_metadata(&source, &destination);
+                metadata.insert("dependents".to_owned(), names.join(","));
+                (
+                    Code::FailedPrecondition,
+                    "PROXY_BINDING_IN_USE",
+                    message,
+                    metadata,
+                )
+            }
             Error::Store(store_error) => match store_error {
                 StoreError::RevisionMismatch { expected, actual } => {
                     // The service turns this into EtagMismatch; kept exhaustive all the same.
@@ -136,6 +224,26 @@ impl From<Error> for tonic::Status {
                     );
                     (Code::Aborted, "ETAG_MISMATCH", message, HashMap::new())
                 }
+                // The service turns these into the Binding* errors, with the names; kept
+                // exhaustive all the same.
+                StoreError::AlreadyExists => (
+                    Code::AlreadyExists,
+                    "PROXY_BINDING_ALREADY_EXISTS",
+                    "the proxy binding exists already".to_owned(),
+                    HashMap::new(),
+                ),
+                StoreError::NotFound => (
+                    Code::NotFound,
+                    "PROXY_BINDING_NOT_FOUND",
+                    "no such proxy binding".to_owned(),
+                    HashMap::new(),
+                ),
+                StoreError::InUse { .. } => (
+                    Code::FailedPrecondition,
+                    "PROXY_BINDING_IN_USE",
+                    "the proxy binding is in use".to_owned(),
+                    HashMap::new(),
+                ),
                 StoreError::Unavailable(source) => {
                     tracing::warn!(error = %chain(&*source), "store unavailable");
                     let message = "the store is unavailable; retry with backoff".to_owned();
@@ -210,6 +318,24 @@ fn entitlement_metadata(entitlement: &pb::EntitlementRef) -> HashMap<String, Str
         (
             "entitlement_id".to_owned(),
             entitlement.entitlement_id.clone(),
+        ),
+    ])
+}
+
+fn binding_metadata(
+    source: &pb::EntitlementRef,
+    destination: &pb::EntitlementRef,
+) -> HashMap<String, String> {
+    HashMap::from([
+        ("source_app_id".to_owned(), source.app_id.clone()),
+        (
+            "source_entitlement_id".to_owned(),
+            source.entitlement_id.clone(),
+        ),
+        ("destination_app_id".to_owned(), destination.app_id.clone()),
+        (
+            "destination_entitlement_id".to_owned(),
+            destination.entitlement_id.clone(),
         ),
     ])
 }

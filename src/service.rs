@@ -10,7 +10,7 @@ use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyService;
 use crate::policy;
 use crate::store::record::{clear_output_fields, etag, revision_of_etag};
-use crate::store::{Store, StoreError, Write, WriteOutcome};
+use crate::store::{BindingQuery, Store, StoreError, Write, WriteOutcome};
 
 /// `ProvisionPolicyService` over any [`Store`].
 pub struct PolicyService<S> {
@@ -92,8 +92,11 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
             })?),
         };
         let checked = resource.clone();
+        let edges = policy::graph::edges(&resource);
         let write = Write {
             resource,
+            delegation_targets: edges.targets,
+            implicit_binding_sources: edges.implicit_sources,
             expected_revision,
             validate_only: request.validate_only,
             check: Box::new(move |lookup| {
@@ -120,6 +123,94 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
             .into()),
             Err(other) => Err(Error::from(other).into()),
         }
+    }
+
+    async fn create_proxy_binding(
+        &self,
+        request: Request<pb::CreateProxyBindingRequest>,
+    ) -> Result<Response<pb::CreateProxyBindingResponse>, Status> {
+        let request = request.into_inner();
+        let problems = policy::request::check_create_binding_request(&request);
+        if !problems.is_empty() {
+            return Err(Error::InvalidRequest(problems).into());
+        }
+        let binding = request.binding.unwrap_or_default();
+        let (source, destination) = (
+            binding.source.unwrap_or_default(),
+            binding.destination.unwrap_or_default(),
+        );
+        let created = self
+            .store
+            .create_binding(source.clone(), destination.clone(), binding.implicit)
+            .await
+            .map_err(|error| match error {
+                StoreError::AlreadyExists => Error::BindingExists {
+                    source_entitlement: source,
+                    destination,
+                },
+                other => Error::from(other),
+            })?;
+        Ok(Response::new(pb::CreateProxyBindingResponse {
+            binding: Some(created.into_binding()),
+        }))
+    }
+
+    async fn delete_proxy_binding(
+        &self,
+        request: Request<pb::DeleteProxyBindingRequest>,
+    ) -> Result<Response<pb::DeleteProxyBindingResponse>, Status> {
+        let request = request.into_inner();
+        let problems = policy::request::check_delete_binding_request(&request);
+        if !problems.is_empty() {
+            return Err(Error::InvalidRequest(problems).into());
+        }
+        let (source, destination) = (
+            request.source.unwrap_or_default(),
+            request.destination.unwrap_or_default(),
+        );
+        self.store
+            .delete_binding(source.clone(), destination.clone())
+            .await
+            .map_err(|error| match error {
+                StoreError::NotFound => Error::BindingNotFound {
+                    source_entitlement: source,
+                    destination,
+                },
+                StoreError::InUse { dependents } => Error::BindingInUse {
+                    source_entitlement: source,
+                    destination,
+                    dependents,
+                },
+                other => Error::from(other),
+            })?;
+        Ok(Response::new(pb::DeleteProxyBindingResponse {}))
+    }
+
+    async fn list_proxy_bindings(
+        &self,
+        request: Request<pb::ListProxyBindingsRequest>,
+    ) -> Result<Response<pb::ListProxyBindingsResponse>, Status> {
+        let page = policy::request::parse_list_bindings_request(&request.into_inner())
+            .map_err(Error::InvalidRequest)?;
+        // One more than the page holds tells whether another page follows.
+        let query = BindingQuery {
+            source: page.source.clone(),
+            destination: page.destination.clone(),
+            after: page.after.clone(),
+            limit: page.size + 1,
+        };
+        let mut bindings = self.store.list_bindings(query).await.map_err(Error::from)?;
+        let next_page_token = if bindings.len() > page.size {
+            bindings.truncate(page.size);
+            let last = bindings.last().expect("a full page");
+            policy::request::next_page_token(&page, &last.source, &last.destination)
+        } else {
+            String::new()
+        };
+        Ok(Response::new(pb::ListProxyBindingsResponse {
+            bindings: bindings.into_iter().map(|b| b.into_binding()).collect(),
+            next_page_token,
+        }))
     }
 
     async fn validate_provision_policy(

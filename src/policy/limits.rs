@@ -42,3 +42,11 @@ pub const CEL_STACK_BYTES: usize = 32 << 20;
 
 /// At most this many violations are listed; the rest are summed up in one TOO_MANY_VIOLATIONS.
 pub const MAX_VIOLATIONS: usize = 100;
+
+/// A delegation chain (this entitlement → the one it delegates to → …) has at most this many
+/// delegations.
+pub const MAX_DELEGATION_CHAIN: usize = 8;
+
+/// The delegation rules look up at most this many stored entitlements for one resource: the
+/// walk stays bounded however the stored graph grows.
+pub const MAX_DELEGATION_LOOKUPS: usize = 4096;

@@ -8,6 +8,7 @@
 
 mod cel;
 mod connector;
+pub mod graph;
 mod ids;
 pub mod limits;
 mod lists;
@@ -20,6 +21,8 @@ mod text;
 mod violations;
 pub mod walk;
 
+#[cfg(test)]
+mod graph_tests;
 #[cfg(test)]
 mod tests;
 
@@ -81,11 +84,11 @@ pub fn check_static(resource: &pb::EntitlementProvisionPolicy) -> Vec<pb::Policy
 
 /// The rules that follow stored delegations and bindings (DESIGN.md 2.4, delegation rows).
 pub fn check_graph(
-    _resource: &pb::EntitlementProvisionPolicy,
-    _lookup: &dyn Lookup,
+    resource: &pb::EntitlementProvisionPolicy,
+    lookup: &dyn Lookup,
 ) -> Result<Vec<pb::PolicyViolation>, LookupError> {
-    Ok(Vec::new()) // the delegation graph rules come with proxy bindings
+    graph::check(resource, lookup)
 }
 
-mod request;
+pub mod request;
 pub use request::check_get_request;

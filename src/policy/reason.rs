@@ -24,3 +24,5 @@ pub const TOO_MANY_VIOLATIONS: &str = "TOO_MANY_VIOLATIONS";
 
 /// Request-level reasons (outside the policy resource).
 pub const INVALID_REVISION: &str = "INVALID_REVISION";
+pub const INVALID_PAGE_SIZE: &str = "INVALID_PAGE_SIZE";
+pub const INVALID_PAGE_TOKEN: &str = "INVALID_PAGE_TOKEN";

@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::StoredRevision;
+use super::{StoredBinding, StoredRevision};
 use crate::pb;
 
 /// The RFC 7232 quoted entity tag of a revision. It is derived from the revision alone, which
@@ -47,6 +47,18 @@ impl StoredRevision {
         resource.create_time = Some(timestamp(self.create_time));
         resource.update_time = Some(timestamp(self.update_time));
         resource
+    }
+}
+
+impl StoredBinding {
+    /// The binding as the API shows it.
+    pub fn into_binding(self) -> pb::ProxyBinding {
+        pb::ProxyBinding {
+            source: Some(self.source),
+            destination: Some(self.destination),
+            implicit: self.implicit,
+            create_time: Some(timestamp(self.create_time)),
+        }
     }
 }
 
