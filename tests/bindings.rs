@@ -311,12 +311,8 @@ async fn a_cycle_is_refused_and_named() {
             "DELEGATION_CYCLE".to_owned()
         )]
     );
-    let description = &status
-        .get_error_details()
-        .bad_request()
-        .expect("BadRequest")
-        .field_violations[0]
-        .description;
+    let details = status.get_error_details();
+    let description = &details.bad_request().expect("BadRequest").field_violations[0].description;
     assert!(
         description.contains("c/z -> a/x -> b/y -> c/z"),
         "{description}"
@@ -404,10 +400,11 @@ async fn listing_pages_through_every_binding_once_in_order() {
     }
     assert_eq!(seen, expected);
 
+    let first_page_token = token_of_first_page(&mut client, &hub).await;
     let foreign = client
         .list_proxy_bindings(pb::ListProxyBindingsRequest {
             source: Some(hub.clone()),
-            page_token: token_of_first_page(&mut client, &hub).await,
+            page_token: first_page_token,
             ..Default::default()
         })
         .await
