@@ -32,26 +32,6 @@ fn binding(
     }
 }
 
-fn reason(status: &tonic::Status) -> String {
-    status
-        .get_error_details()
-        .error_info()
-        .expect("ErrorInfo")
-        .reason
-        .clone()
-}
-
-fn violations(status: &tonic::Status) -> Vec<(String, String)> {
-    status
-        .get_error_details()
-        .bad_request()
-        .expect("BadRequest")
-        .field_violations
-        .iter()
-        .map(|v| (v.field.clone(), v.reason.clone()))
-        .collect()
-}
-
 #[tokio::test]
 async fn create_list_and_delete_a_binding() {
     let server = TestServer::start().await;
@@ -76,7 +56,7 @@ async fn create_list_and_delete_a_binding() {
         .await
         .expect_err("exists");
     assert_eq!(again.code(), Code::AlreadyExists);
-    assert_eq!(reason(&again), "PROXY_BINDING_ALREADY_EXISTS");
+    assert_eq!(error_reason(&again), "PROXY_BINDING_ALREADY_EXISTS");
     let info = again
         .get_error_details()
         .resource_info()
@@ -108,7 +88,7 @@ async fn create_list_and_delete_a_binding() {
         .expect("delete");
     let missing = client.delete_proxy_binding(delete).await.expect_err("gone");
     assert_eq!(missing.code(), Code::NotFound);
-    assert_eq!(reason(&missing), "PROXY_BINDING_NOT_FOUND");
+    assert_eq!(error_reason(&missing), "PROXY_BINDING_NOT_FOUND");
 }
 
 #[tokio::test]
@@ -121,9 +101,9 @@ async fn malformed_binding_requests_are_invalid_argument() {
         .await
         .expect_err("self");
     assert_eq!(status.code(), Code::InvalidArgument);
-    assert_eq!(reason(&status), "INVALID_REQUEST");
+    assert_eq!(error_reason(&status), "INVALID_REQUEST");
     assert_eq!(
-        violations(&status),
+        bad_request_fields(&status),
         vec![(
             "binding.destination".to_owned(),
             "SELF_DELEGATION".to_owned()
@@ -135,7 +115,7 @@ async fn malformed_binding_requests_are_invalid_argument() {
         .await
         .expect_err("empty");
     assert_eq!(
-        violations(&status),
+        bad_request_fields(&status),
         vec![
             ("source".to_owned(), "REQUIRED".to_owned()),
             ("destination".to_owned(), "REQUIRED".to_owned())
@@ -150,7 +130,7 @@ async fn malformed_binding_requests_are_invalid_argument() {
         .await
         .expect_err("bad page");
     assert_eq!(
-        violations(&status),
+        bad_request_fields(&status),
         vec![
             ("page_size".to_owned(), "INVALID_PAGE_SIZE".to_owned()),
             ("page_token".to_owned(), "INVALID_PAGE_TOKEN".to_owned()),
@@ -174,7 +154,7 @@ async fn a_delegation_needs_its_binding_which_then_cannot_be_deleted() {
         .await
         .expect_err("no binding");
     assert_eq!(
-        violations(&unbound),
+        bad_request_fields(&unbound),
         vec![(
             "policy.provision_policy.delegated".to_owned(),
             "MISSING_PROXY_BINDING".to_owned()
@@ -209,7 +189,7 @@ async fn a_delegation_needs_its_binding_which_then_cannot_be_deleted() {
         .await
         .expect_err("in use");
     assert_eq!(in_use.code(), Code::FailedPrecondition);
-    assert_eq!(reason(&in_use), "PROXY_BINDING_IN_USE");
+    assert_eq!(error_reason(&in_use), "PROXY_BINDING_IN_USE");
     let failure = in_use
         .get_error_details()
         .precondition_failure()
@@ -305,7 +285,7 @@ async fn a_cycle_is_refused_and_named() {
         .await
         .expect_err("c -> a closes the cycle");
     assert_eq!(
-        violations(&status),
+        bad_request_fields(&status),
         vec![(
             "policy.provision_policy.delegated".to_owned(),
             "DELEGATION_CYCLE".to_owned()
@@ -351,7 +331,7 @@ async fn concurrent_sets_closing_a_cycle_never_both_succeed() {
             .count();
         assert_eq!(wins, 1, "round {round}: {first:?} / {second:?}");
         let loser = first.err().or(second.err()).expect("one lost");
-        assert_eq!(violations(&loser)[0].1, "DELEGATION_CYCLE");
+        assert_eq!(bad_request_fields(&loser)[0].1, "DELEGATION_CYCLE");
     }
 }
 
@@ -410,7 +390,7 @@ async fn listing_pages_through_every_binding_once_in_order() {
         .await
         .expect_err("a token belongs to its filters");
     assert_eq!(
-        violations(&foreign),
+        bad_request_fields(&foreign),
         vec![("page_token".to_owned(), "INVALID_PAGE_TOKEN".to_owned())]
     );
 }
