@@ -18,7 +18,11 @@ pub struct Config {
     #[arg(long, env = "PROVISIOND_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// The store: `sqlite` (the embedded default, in --data-dir).
+    /// The store: `sqlite` (the embedded default, in --data-dir), or a PostgreSQL URL
+    /// (`postgres://user:password@host:5432/database`) that several replicas share. The
+    /// tables live in the first schema of the session's search_path (choose one with
+    /// `?options=-c%20search_path%3Dmyschema`) and are migrated at start. Connections are
+    /// named `provisiond` in pg_stat_activity unless the URL sets `application_name`.
     #[arg(long, env = "PROVISIOND_STORE", default_value = "sqlite")]
     pub store: String,
 
