@@ -1028,13 +1028,15 @@ pub(crate) async fn binding_pages_walk_every_binding_once(backend: &impl Backend
         after,
         limit,
     };
+    // A page that does not move past `after` must fail the case, not loop forever.
+    let max_pages = created.len() + 2;
     let walk = |source: Option<pb::EntitlementRef>, limit| {
         let store = &store;
         async move {
             let mut walked = Vec::new();
             let mut sizes = Vec::new();
             let mut after = None;
-            loop {
+            for _ in 0..max_pages {
                 let got = store
                     .list_bindings(page(after.clone(), limit, source.clone()))
                     .await
