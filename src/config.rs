@@ -23,7 +23,13 @@ pub struct Config {
     /// tables live in the first schema of the session's search_path (choose one with
     /// `?options=-c%20search_path%3Dmyschema`) and are migrated at start. Connections are
     /// named `provisiond` in pg_stat_activity unless the URL sets `application_name`.
-    #[arg(long, env = "PROVISIOND_STORE", default_value = "sqlite")]
+    /// (`--help` never shows the variable's value: the URL may hold a password.)
+    #[arg(
+        long,
+        env = "PROVISIOND_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
     pub store: String,
 
     /// Log format.

@@ -237,6 +237,23 @@ fn an_unreachable_database_stops_the_start_with_a_clear_message() {
     }
 }
 
+/// A mistyped store is refused at start without echoing what may be a password.
+#[test]
+fn an_unknown_store_is_refused_without_echoing_it() {
+    match postgres::start("postgress://provisiond:secret-password@127.0.0.1/db") {
+        Started::Listening(_) => panic!("provisiond served an unknown store"),
+        Started::Exited { status, log } => {
+            assert!(!status.success(), "exit status {status}");
+            let log = log.join("\n");
+            assert!(log.contains("unknown store"), "{log}");
+            assert!(
+                !log.contains("secret-password"),
+                "the password leaked: {log}"
+            );
+        }
+    }
+}
+
 /// Sessions ended by the server under load (an operator's `pg_terminate_backend`, a failover):
 /// every RPC answers OK or UNAVAILABLE, no acknowledged write is lost, and both replicas serve
 /// again without a restart.

@@ -87,19 +87,21 @@ const VERSION_TABLE: &str = "
 /// when the schema is current.
 pub(super) async fn migrate(client: &mut Client, lock: LockKey) -> Result<(), OpenError> {
     let failed = |version: i32| move |source| OpenError::Migrate { version, source };
-    let tx = client.transaction().await.map_err(failed(0))?;
+    let tx = client.transaction().await.map_err(failed(LATEST))?;
     // Taken before anything else, so a replica that waited sees what the first one created.
     tx.execute(
         "SELECT pg_advisory_xact_lock($1, $2)",
         &[&lock.class, &lock.object],
     )
     .await
-    .map_err(failed(0))?;
-    tx.batch_execute(VERSION_TABLE).await.map_err(failed(0))?;
+    .map_err(failed(LATEST))?;
+    tx.batch_execute(VERSION_TABLE)
+        .await
+        .map_err(failed(LATEST))?;
     let current: i32 = tx
         .query_opt("SELECT version FROM provisiond_schema", &[])
         .await
-        .map_err(failed(0))?
+        .map_err(failed(LATEST))?
         .map_or(0, |row| row.get(0));
     let Some(pending) = usize::try_from(current)
         .ok()
