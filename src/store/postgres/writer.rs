@@ -31,8 +31,10 @@ use crate::store::record::clear_output_fields;
 use crate::store::{StoreError, StoredBinding, StoredRevision, Write, WriteOutcome};
 
 /// The most mutations one transaction holds: bounds how long the first caller of a batch waits
-/// for the others' checks.
-const MAX_BATCH: usize = 256;
+/// for the others' checks, and how long other replicas wait for the lock. PostgreSQL caches 64
+/// subtransaction ids per session; past that, every other session's snapshot taken while the
+/// batch is open gets slower (it "overflows"), so a batch stays within one savepoint per id.
+const MAX_BATCH: usize = 64;
 
 /// How long the writer waits for one statement before it gives the connection up. The server's
 /// own limits below fire first; this one covers a server or network that went silent.
@@ -372,7 +374,9 @@ impl Session {
     }
 
     /// One mutation in its own savepoint: whatever does not stand is rolled back to it, leaving
-    /// the rest of the batch alone.
+    /// the rest of the batch alone. The savepoint is sent with the job's first statement and
+    /// never released (COMMIT keeps what stood; `ROLLBACK TO` finds the innermost savepoint of
+    /// the name, the job's own): a plain write costs two round trips, a conflict one.
     fn apply(&self, op: Op) -> Step {
         let conn = self.conn.as_ref().expect("in a transaction");
         let staged = match op {
@@ -387,20 +391,30 @@ impl Session {
                 destination,
             } => self.stage_delete(conn, source, destination),
         };
-        let (answer, end) = match staged {
-            Ok((done, true)) => (Ok(done), "RELEASE SAVEPOINT job"),
-            Ok((done, false)) => (Ok(done), "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
+        let (answer, undo) = match staged {
+            Ok((done, undo)) => (Ok(done), undo),
             Err(err) if self.broken.get() => return Step::Lost(err),
-            Err(err) => (Err(err), "ROLLBACK TO SAVEPOINT job; RELEASE SAVEPOINT job"),
+            // Each is found before the job changes anything.
+            Err(
+                err @ (StoreError::RevisionMismatch { .. }
+                | StoreError::AlreadyExists
+                | StoreError::NotFound
+                | StoreError::InUse { .. }),
+            ) => (Err(err), false),
+            Err(err) => (Err(err), true),
         };
-        match self.block(conn.client.batch_execute(end)) {
+        if !undo {
+            return Step::Applied(answer);
+        }
+        match self.block(conn.client.batch_execute("ROLLBACK TO SAVEPOINT job")) {
             Ok(()) => Step::Applied(answer),
-            Err(end_failed) => Step::Lost(answer.err().unwrap_or(end_failed)),
+            Err(undo_failed) => Step::Lost(answer.err().unwrap_or(undo_failed)),
         }
     }
 
     /// Precondition, implicit bindings, check, then the new record and its edges; returns
-    /// whether it was stored.
+    /// whether the savepoint holds changes to undo (implicit bindings of a write that does not
+    /// stand).
     fn stage_write(&self, conn: &Conn, write: Write) -> Result<(Done, bool), StoreError> {
         let Write {
             mut resource,
@@ -445,8 +459,10 @@ impl Session {
         }
 
         let violations = run_check(check, client, conn.lookup_statements(), self)?;
+        let created_bindings = !implicit_binding_sources.is_empty();
         if policy::has_errors(&violations) {
-            return Ok((Done::Written(WriteOutcome::Rejected { violations }), false));
+            let outcome = WriteOutcome::Rejected { violations };
+            return Ok((Done::Written(outcome), created_bindings));
         }
 
         // A clock stepped back must not make a revision older than the one it replaces.
@@ -491,7 +507,7 @@ impl Session {
             update_time: queries::time_from_micros(update_time)?,
         };
         let outcome = WriteOutcome::Written { record, violations };
-        Ok((Done::Written(outcome), !validate_only))
+        Ok((Done::Written(outcome), validate_only && created_bindings))
     }
 
     fn stage_create(
@@ -523,7 +539,7 @@ impl Session {
             implicit,
             create_time,
         };
-        Ok((Done::Created(binding), true))
+        Ok((Done::Created(binding), false))
     }
 
     fn stage_delete(
@@ -555,7 +571,7 @@ impl Session {
                 dependents: vec![destination],
             });
         }
-        Ok((Done::Deleted, true))
+        Ok((Done::Deleted, false))
     }
 
     /// Commits the batch and answers it. A COMMIT that fails, or whose answer is lost with the
