@@ -51,6 +51,9 @@ pub const APPLICATION_NAME: &str = "provisiond";
 /// Read connections per replica (the writer has one more of its own).
 const POOL_SIZE: usize = 16;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// tokio-postgres's default keepalive idle time, the operating system's.
+const OS_KEEPALIVE_IDLE: Duration = Duration::from_secs(2 * 60 * 60);
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// How long a read waits for a pooled connection before failing UNAVAILABLE.
 const POOL_WAIT: Duration = Duration::from_secs(10);
 
@@ -84,6 +87,17 @@ impl PostgresStore {
         }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        // A server or network gone silent is noticed within about a minute, not after the
+        // operating system's two hours, unless the URL says otherwise.
+        if config.get_keepalives_idle() == OS_KEEPALIVE_IDLE {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
+        if config.get_keepalives_interval().is_none() {
+            config.keepalives_interval(KEEPALIVE_IDLE / 3);
+        }
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(KEEPALIVE_IDLE);
         }
         let target = describe(&config);
         migrate(&config, &target).await?;
