@@ -88,3 +88,50 @@ pub fn check_graph(
 
 mod request;
 pub use request::check_get_request;
+
+/// Whether [`check_graph`] can find anything in `resource`: every rule it holds starts from a
+/// DelegatedProvision of the resource itself. Validate skips the read view of the store (a hop
+/// to a blocking thread, most of a Validate's cost; see BENCHMARKS.md) when there is none. A
+/// graph rule that does not start from a delegation must change this.
+pub fn needs_graph_check(resource: &pb::EntitlementProvisionPolicy) -> bool {
+    walk::delegations(resource).next().is_some()
+}
+
+#[cfg(test)]
+mod needs_graph_check_tests {
+    use super::*;
+    use crate::pb::provision_policy::Typ;
+
+    fn with_steps(steps: Vec<Typ>) -> pb::EntitlementProvisionPolicy {
+        pb::EntitlementProvisionPolicy {
+            provision_policy: Some(pb::ProvisionPolicy {
+                typ: Some(Typ::MultiStep(pb::MultiStep {
+                    provision_steps: steps
+                        .into_iter()
+                        .map(|typ| pb::ProvisionPolicy { typ: Some(typ) })
+                        .collect(),
+                })),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_resource_with_a_delegation_needs_the_graph_check() {
+        let webhook = || {
+            Typ::Webhook(pb::WebhookProvision {
+                webhook_id: "wh".to_owned(),
+            })
+        };
+        assert!(!needs_graph_check(&with_steps(vec![webhook()])));
+        assert!(needs_graph_check(&with_steps(vec![
+            webhook(),
+            Typ::Delegated(pb::DelegatedProvision::default()),
+        ])));
+        let mut deprovision_only = with_steps(vec![webhook()]);
+        deprovision_only.deprovision_policy = Some(pb::ProvisionPolicy {
+            typ: Some(Typ::Delegated(pb::DelegatedProvision::default())),
+        });
+        assert!(needs_graph_check(&deprovision_only));
+    }
+}
