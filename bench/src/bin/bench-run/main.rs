@@ -118,6 +118,9 @@ pub struct Run {
     pub validate_reply_bytes: usize,
     pub echo_get_reply_bytes: usize,
     pub started: std::time::SystemTime,
+    /// /proc/loadavg before and after: other work on the machine skews every figure.
+    pub load_before: String,
+    pub load_after: String,
     pub elapsed: Duration,
 }
 
@@ -142,8 +145,18 @@ struct Bench {
 /// The data dirs a run creates in the work dir: the rounds', the empty one, the big one.
 const DATA_DIRS: [&str; 3] = ["data", "empty", "big"];
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() {
+/// Runs `future` on a runtime of its own, dropped at the end: the gRPC connections it opened
+/// (health checks, the reply checks) close with it, rather than staying open and holding a
+/// server's graceful shutdown for its whole grace period.
+fn block_on<F: std::future::Future>(future: F) -> F::Output {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime")
+        .block_on(future)
+}
+
+fn main() {
     let args = Args::parse();
     let (work, remove_work) = match &args.work_dir {
         Some(dir) => (dir.clone(), false),
@@ -182,7 +195,7 @@ async fn main() {
         );
         return;
     }
-    let run = bench.run().await;
+    let run = bench.run();
     let markdown = report::markdown(&run);
     println!("{markdown}");
     if let Some(out) = &args.out {
@@ -201,25 +214,25 @@ fn progress(message: impl std::fmt::Display) {
 }
 
 impl Bench {
-    async fn run(&mut self) -> Run {
+    fn run(&mut self) -> Run {
         let started = std::time::SystemTime::now();
+        let load_before = load_average();
         let clock = Instant::now();
         let bodies = self.write_bodies();
 
         let data = self.work.join(DATA_DIRS[0]);
         progress(format!("seeding {} policies", self.args.policies));
-        let seed_time = seed(&data, self.args.policies).await;
-        let mut main_size = self.startup_figures(&data, self.args.policies).await;
+        let seed_time = block_on(seed(&data, self.args.policies));
+        let mut main_size = self.startup_figures(&data, self.args.policies);
         main_size.seed_time = Some(seed_time);
 
-        let echo = Server::echo(&self.tools.echo, &self.work.join("echo.log")).await;
-        let service = Server::provisiond(
+        let echo = block_on(Server::echo(&self.tools.echo, &self.work.join("echo.log")));
+        let service = block_on(Server::provisiond(
             &self.tools.provisiond,
             &data,
             &self.work.join("provisiond.log"),
-        )
-        .await;
-        let replies = check_replies(&echo, &service, &bodies).await;
+        ));
+        let replies = block_on(check_replies(&echo, &service, &bodies));
 
         let mut pairs = Vec::new();
         for round in 1..=self.args.rounds {
@@ -241,21 +254,18 @@ impl Bench {
         service.stop();
         main_size.disk_bytes = dir_bytes(&data);
 
-        let empty = self.startup_figures(&self.work.join(DATA_DIRS[1]), 0).await;
+        let empty = self.startup_figures(&self.work.join(DATA_DIRS[1]), 0);
 
         let big_data = self.work.join(DATA_DIRS[2]);
         progress(format!("seeding {} policies", self.args.big_policies));
-        let big_seed = seed(&big_data, self.args.big_policies).await;
-        let mut big = self
-            .startup_figures(&big_data, self.args.big_policies)
-            .await;
+        let big_seed = block_on(seed(&big_data, self.args.big_policies));
+        let mut big = self.startup_figures(&big_data, self.args.big_policies);
         big.seed_time = Some(big_seed);
-        let service = Server::provisiond(
+        let service = block_on(Server::provisiond(
             &self.tools.provisiond,
             &big_data,
             &self.work.join("provisiond-big.log"),
-        )
-        .await;
+        ));
         progress("a load round on the big store, for its memory");
         for rpc in Rpc::ALL {
             self.measure(rpc, &service, &bodies);
@@ -273,6 +283,8 @@ impl Bench {
             echo_get_reply_bytes: replies.2,
             started,
             elapsed: clock.elapsed(),
+            load_before,
+            load_after: load_average(),
         }
     }
 
@@ -299,18 +311,17 @@ impl Bench {
 
     /// Three starts on `data_dir` (created empty when missing): start to SERVING each, and the
     /// idle memory of the last.
-    async fn startup_figures(&self, data_dir: &Path, policies: u64) -> StoreSize {
+    fn startup_figures(&self, data_dir: &Path, policies: u64) -> StoreSize {
         let mut size = StoreSize {
             policies,
             ..StoreSize::default()
         };
         for _ in 0..3 {
-            let server = Server::provisiond(
+            let server = block_on(Server::provisiond(
                 &self.tools.provisiond,
                 data_dir,
                 &self.work.join("provisiond-start.log"),
-            )
-            .await;
+            ));
             size.startups.push(server.startup);
             size.rss_idle = server.memory().0;
             server.stop();
@@ -484,6 +495,18 @@ async fn check_replies(echo: &Server, service: &Server, bodies: &Bodies) -> (usi
         sizes[1].0, sizes[0].0, sizes[1].1
     ));
     (sizes[1].0, sizes[1].1, sizes[0].0)
+}
+
+/// The 1, 5 and 15 minute load averages.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .map(|text| {
+            text.split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ")
+        })
+        .unwrap_or_default()
 }
 
 fn dir_bytes(dir: &Path) -> u64 {

@@ -202,8 +202,9 @@ pub fn markdown(run: &Run) -> String {
     );
     let _ = writeln!(
         w,
-        "Machine: {} CPUs (nproc), {}, kernel {}, {} RAM.\n",
-        machine.nproc, machine.cpu, machine.kernel, machine.memory
+        "Machine: {} CPUs (nproc), {}, kernel {}, {} RAM. Load average (1, 5, 15 min) {} at \
+         the start, {} at the end: other work on the machine shares its CPUs and disk.\n",
+        machine.nproc, machine.cpu, machine.kernel, machine.memory, run.load_before, run.load_after
     );
 
     let _ = writeln!(w, "## Method\n");
@@ -348,6 +349,15 @@ pub fn markdown(run: &Run) -> String {
     for (target, figure, met) in &targets {
         let _ = writeln!(w, "| {target} | {figure} | {} |", verdict(*met));
     }
+
+    let _ = writeln!(
+        w,
+        "\nWhere the time goes, by hand: `target/release/bench-run --bodies-only --work-dir DIR` \
+         writes the h2load bodies; run provisiond and bench-echo under `valgrind --tool=callgrind` \
+         (this VM has no hardware counters for `perf`), send the same number of calls to each \
+         with `h2load -n`, and compare instructions per call; `cargo bench --bench validation` \
+         and `cargo bench --bench store` isolate validation and the store."
+    );
 
     let _ = writeln!(w, "\n## Every round\n");
     let _ = writeln!(
