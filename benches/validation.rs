@@ -4,7 +4,9 @@
 
 mod fixtures;
 
-use criterion::{BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use criterion::{BatchSize, BenchmarkId, Criterion, Throughput, criterion_group, criterion_main};
 use prost::Message;
 use provisiond::pb;
 use provisiond::policy::{self, Lookup, LookupError};
@@ -56,7 +58,46 @@ fn validate(c: &mut Criterion) {
             b.iter(|| policy::validate(resource, &EmptyStore))
         });
     }
+    // The parse verdicts of CEL sources are kept, so the loops above parse nothing after their
+    // first call: here every call brings an expression never seen, as the first Set of a new
+    // policy does (one parse, two kept verdicts).
+    let fresh = AtomicU64::new(0);
+    group.bench_function("static/five_step_new_expression", |b| {
+        b.iter_batched(
+            || {
+                let n = fresh.fetch_add(1, Ordering::Relaxed);
+                let mut resource = fixtures::five_step(fixtures::entitlement(0), 0);
+                set_manual_expression(&mut resource, format!("subject.manager_{n}"));
+                resource
+            },
+            |resource| policy::check_static(&resource),
+            BatchSize::SmallInput,
+        )
+    });
     group.finish();
+}
+
+/// Replaces the expression of the manual step of a `fixtures::five_step` resource.
+fn set_manual_expression(resource: &mut pb::EntitlementProvisionPolicy, expression: String) {
+    use pb::provision_policy::Typ;
+    use pb::provisioner_assignment::Typ as Assignee;
+    let Some(Typ::MultiStep(steps)) = resource
+        .provision_policy
+        .as_mut()
+        .and_then(|p| p.typ.as_mut())
+    else {
+        panic!("five_step is a multi_step");
+    };
+    for step in &mut steps.provision_steps {
+        if let Some(Typ::Manual(manual)) = &mut step.typ
+            && let Some(Assignee::Expression(assignee)) =
+                manual.assignee.as_mut().and_then(|a| a.typ.as_mut())
+        {
+            assignee.expressions = vec![expression];
+            return;
+        }
+    }
+    panic!("five_step has a manual step with an expression assignee");
 }
 
 fn decode(c: &mut Criterion) {
