@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PYTHON ?= python3
 
-.PHONY: run test tools lint check-fmt clippy unit
+.PHONY: run test tools lint check-fmt clippy unit bench bench-tools
 
 run:
 	cargo run --release
@@ -30,4 +30,19 @@ check-fmt:
 	cargo fmt --check
 
 clippy:
-	cargo clippy --all-targets -- -D warnings
+	cargo clippy --workspace --all-targets -- -D warnings
+
+# `make bench` is the load benchmark (DESIGN.md section 6, issue #5): release build, echo ceiling
+# and provisiond in interleaved rounds, figures written to BENCHMARKS.md (generated: never edit
+# it by hand). About 8 minutes on 2 cores. BENCH_ARGS passes options to bench-run, e.g.
+# `make bench BENCH_ARGS="--rounds 3 --seconds 3"` (see `target/release/bench-run --help`).
+BENCH_ARGS ?=
+
+bench: bench-tools
+	cargo build --release -p provisiond -p provisiond-bench --bins
+	target/release/bench-run --out BENCHMARKS.md $(BENCH_ARGS)
+
+# h2load and nghttp (Debian's nghttp2-client); the machine runs as root.
+bench-tools:
+	@command -v h2load >/dev/null && command -v nghttp >/dev/null || \
+	  { apt-get update && apt-get install -y nghttp2-client; }

@@ -28,6 +28,9 @@ impl<S: Store> PolicyService<S> {
         resource: &pb::EntitlementProvisionPolicy,
         mut violations: Vec<pb::PolicyViolation>,
     ) -> Result<Vec<pb::PolicyViolation>, Error> {
+        if !policy::needs_graph_check(resource) {
+            return Ok(violations);
+        }
         let snapshot = resource.clone();
         let graph = self
             .store

@@ -1,7 +1,9 @@
 //! CEL values: ExpressionProvisioner expressions and account `config` values. They are parsed,
 //! never evaluated: the variables they read exist only when a grant is provisioned.
 
+use std::collections::HashMap;
 use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::{LazyLock, Mutex, MutexGuard, PoisonError};
 
 use prost_types::value::Kind;
 
@@ -76,19 +78,97 @@ fn kind_name(kind: Option<&Kind>) -> &'static str {
 /// [`CEL_STACK_BYTES`]), so the parses run on a stack of that size, switched to on this thread
 /// (a mapping, not a thread start) and only when there is something to parse. A panic of the
 /// parser refuses that one expression instead of taking the caller down.
+///
+/// A verdict depends on the source alone, so recent ones are kept (see [`Verdicts`]) and a
+/// source seen before is not parsed again.
 pub(super) fn parse_all(sources: &[&str]) -> Vec<Option<String>> {
     if sources.is_empty() {
         return Vec::new();
     }
-    stacker::maybe_grow(CEL_STACK_BYTES, CEL_STACK_BYTES, || {
-        sources
-            .iter()
-            .map(|source| {
-                catch_unwind(AssertUnwindSafe(|| parse_error(source)))
-                    .unwrap_or_else(|_| Some("the CEL parser failed on this expression".to_owned()))
-            })
-            .collect()
+    let mut verdicts: Vec<Option<Option<String>>> = {
+        let known = Verdicts::lock();
+        sources.iter().map(|source| known.get(source)).collect()
+    };
+    let unknown: Vec<usize> = (0..sources.len())
+        .filter(|&i| verdicts[i].is_none())
+        .collect();
+    if !unknown.is_empty() {
+        let parsed: Vec<Parsed> = stacker::maybe_grow(CEL_STACK_BYTES, CEL_STACK_BYTES, || {
+            unknown
+                .iter()
+                .map(|&i| {
+                    catch_unwind(AssertUnwindSafe(|| parse_error(sources[i])))
+                        .map_or(Parsed::Panicked, Parsed::Verdict)
+                })
+                .collect()
+        });
+        let mut known = Verdicts::lock();
+        for (&i, parsed) in unknown.iter().zip(parsed) {
+            verdicts[i] = Some(match parsed {
+                Parsed::Verdict(verdict) => {
+                    known.insert(sources[i], &verdict);
+                    verdict
+                }
+                // Not kept: a parser panic is a bug to see again, not a verdict.
+                Parsed::Panicked => Some("the CEL parser failed on this expression".to_owned()),
+            });
+        }
+    }
+    verdicts
+        .into_iter()
+        .map(|verdict| verdict.expect("every source has a verdict"))
+        .collect()
+}
+
+enum Parsed {
+    Verdict(Option<String>),
+    Panicked,
+}
+
+/// The verdicts of recent parses, by source. A parse costs 30-100 µs of CPU, most of it in the
+/// ANTLR runtime's allocations, plus mapping a fresh stack (measured: `cargo bench --bench
+/// validation`, BENCHMARKS.md), while policies repeat a few expressions (`subject.manager`,
+/// `subject.email`) across entitlements and every Set re-validates a whole policy. Bounded by
+/// bytes: when full, it starts over.
+struct Verdicts {
+    by_source: HashMap<Box<str>, Option<String>>,
+    bytes: usize,
+}
+
+/// What the verdicts may hold, sources and messages included.
+const VERDICTS_BYTES: usize = 4 << 20;
+
+/// What one kept verdict costs beyond its strings: the map slot and the two allocations.
+const VERDICT_OVERHEAD_BYTES: usize = 96;
+
+static VERDICTS: LazyLock<Mutex<Verdicts>> = LazyLock::new(|| {
+    Mutex::new(Verdicts {
+        by_source: HashMap::new(),
+        bytes: 0,
     })
+});
+
+impl Verdicts {
+    fn lock() -> MutexGuard<'static, Verdicts> {
+        VERDICTS.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn get(&self, source: &str) -> Option<Option<String>> {
+        self.by_source.get(source).cloned()
+    }
+
+    fn insert(&mut self, source: &str, verdict: &Option<String>) {
+        if self.by_source.contains_key(source) {
+            return;
+        }
+        let cost = source.len() + verdict.as_ref().map_or(0, String::len) + VERDICT_OVERHEAD_BYTES;
+        if self.bytes + cost > VERDICTS_BYTES {
+            self.by_source.clear();
+            self.bytes = 0;
+        }
+        self.by_source.insert(source.into(), verdict.clone());
+        self.bytes += cost;
+    }
 }
 
 /// The first parse error of `source`, with its position, if it does not parse.
@@ -114,4 +194,36 @@ fn parse_error(source: &str) -> Option<String> {
         text.push_str(&format!(" (and {} more)", errors.len() - 1));
     }
     Some(text)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kept_verdict_is_the_parsed_one() {
+        let sources = ["subject.email", "subject.", "subject.email", "subject."];
+        let first = parse_all(&sources);
+        assert_eq!(first[0], None);
+        assert!(first[1].is_some());
+        assert_eq!(first[0], first[2]);
+        assert_eq!(first[1], first[3]);
+        assert_eq!(parse_all(&sources), first);
+        assert_eq!(Verdicts::lock().get("subject."), Some(first[1].clone()));
+    }
+
+    #[test]
+    fn verdicts_start_over_when_full() {
+        let mut verdicts = Verdicts {
+            by_source: HashMap::new(),
+            bytes: 0,
+        };
+        let long = "x".repeat(VERDICTS_BYTES / 3);
+        for i in 0..4 {
+            verdicts.insert(&format!("{long}{i}"), &None);
+            assert!(verdicts.bytes <= VERDICTS_BYTES);
+        }
+        assert_eq!(verdicts.by_source.len(), 2);
+        assert_eq!(verdicts.get(&format!("{long}3")), Some(None));
+    }
 }

@@ -92,3 +92,98 @@ pub fn check_graph(
 
 pub mod request;
 pub use request::check_get_request;
+
+/// Whether [`check_graph`] can find anything in `resource`: every rule it holds starts from a
+/// DelegatedProvision of the resource itself. Validate skips the read view of the store (a hop
+/// to a blocking thread, most of a Validate's cost; see BENCHMARKS.md) when there is none. A
+/// graph rule that does not start from a delegation must change this.
+///
+/// It looks at every node without building paths (the walk's paths cost more than the rest of
+/// this check), and says true for a resource past [`limits::MAX_NODES`], which the rules refuse
+/// anyway: it may only err towards running the check.
+pub fn needs_graph_check(resource: &pb::EntitlementProvisionPolicy) -> bool {
+    use pb::provision_policy::Typ;
+    let mut pending: Vec<&pb::ProvisionPolicy> = resource
+        .provision_policy
+        .iter()
+        .chain(&resource.deprovision_policy)
+        .collect();
+    let mut seen = 0;
+    while let Some(policy) = pending.pop() {
+        seen += 1;
+        if seen > limits::MAX_NODES {
+            return true;
+        }
+        match &policy.typ {
+            Some(Typ::Delegated(_)) => return true,
+            Some(Typ::MultiStep(multi_step)) => pending.extend(&multi_step.provision_steps),
+            _ => {}
+        }
+    }
+    false
+}
+
+#[cfg(test)]
+mod needs_graph_check_tests {
+    use super::*;
+    use crate::pb::provision_policy::Typ;
+
+    fn with_steps(steps: Vec<Typ>) -> pb::EntitlementProvisionPolicy {
+        pb::EntitlementProvisionPolicy {
+            provision_policy: Some(pb::ProvisionPolicy {
+                typ: Some(Typ::MultiStep(pb::MultiStep {
+                    provision_steps: steps
+                        .into_iter()
+                        .map(|typ| pb::ProvisionPolicy { typ: Some(typ) })
+                        .collect(),
+                })),
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn only_a_resource_with_a_delegation_needs_the_graph_check() {
+        let webhook = || {
+            Typ::Webhook(pb::WebhookProvision {
+                webhook_id: "wh".to_owned(),
+            })
+        };
+        assert!(!needs_graph_check(&with_steps(vec![webhook()])));
+        assert!(needs_graph_check(&with_steps(vec![
+            webhook(),
+            Typ::Delegated(pb::DelegatedProvision::default()),
+        ])));
+        let mut deprovision_only = with_steps(vec![webhook()]);
+        deprovision_only.deprovision_policy = Some(pb::ProvisionPolicy {
+            typ: Some(Typ::Delegated(pb::DelegatedProvision::default())),
+        });
+        assert!(needs_graph_check(&deprovision_only));
+        let nested = with_steps(vec![
+            webhook(),
+            Typ::MultiStep(pb::MultiStep {
+                provision_steps: vec![pb::ProvisionPolicy {
+                    typ: Some(Typ::Delegated(pb::DelegatedProvision::default())),
+                }],
+            }),
+        ]);
+        assert!(needs_graph_check(&nested));
+        assert_eq!(
+            walk::delegations(&nested).count(),
+            1,
+            "the walk finds it too"
+        );
+    }
+
+    #[test]
+    fn a_resource_past_the_node_limit_is_checked() {
+        let webhooks = (0..=limits::MAX_NODES)
+            .map(|_| {
+                Typ::Webhook(pb::WebhookProvision {
+                    webhook_id: "wh".to_owned(),
+                })
+            })
+            .collect();
+        assert!(needs_graph_check(&with_steps(webhooks)));
+    }
+}

@@ -23,8 +23,12 @@ impl Path {
     }
 
     /// The path of the field `name` of the message at this path.
+    ///
+    /// One allocation of the final size: rules build a path for every field they look at, valid
+    /// or not, and cloning then growing the parent's string cost a second allocation and a copy.
     pub fn field(&self, name: &str) -> Self {
-        let mut path = self.0.clone();
+        let mut path = String::with_capacity(self.0.len() + 1 + name.len());
+        path.push_str(&self.0);
         path.push('.');
         path.push_str(name);
         Path(path)
@@ -32,7 +36,12 @@ impl Path {
 
     /// The path of element `index` of the list at this path.
     pub fn index(&self, index: usize) -> Self {
-        Path(format!("{}[{index}]", self.0))
+        use std::fmt::Write as _;
+        // `[`, at most 20 digits, `]`.
+        let mut path = String::with_capacity(self.0.len() + 22);
+        path.push_str(&self.0);
+        let _ = write!(path, "[{index}]");
+        Path(path)
     }
 
     /// The path of the entry `key` of the map at this path.

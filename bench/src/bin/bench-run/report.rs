@@ -1,0 +1,398 @@
+//! BENCHMARKS.md, generated: the medians per RPC against the targets of issue #5, startup and
+//! memory, the machine, and every round's raw figures.
+
+use std::fmt::Write as _;
+use std::process::Command;
+use std::time::Duration;
+
+use crate::{Pair, Rpc, Run, Sample};
+
+/// The targets of issue #5: median ratio to echo per RPC, Set p99, startup and memory with
+/// 100,000 policies.
+const GET_RATIO: f64 = 0.85;
+const VALIDATE_RATIO: f64 = 0.75;
+const SET_RATIO: f64 = 0.30;
+const SET_P99_US: f64 = 10_000.0;
+const START_100K: Duration = Duration::from_secs(1);
+const RSS_100K: u64 = 150 * 1000 * 1000;
+
+fn target_ratio(rpc: Rpc) -> f64 {
+    match rpc {
+        Rpc::Get => GET_RATIO,
+        Rpc::Validate => VALIDATE_RATIO,
+        Rpc::Set => SET_RATIO,
+    }
+}
+
+fn label(rpc: Rpc) -> &'static str {
+    match rpc {
+        Rpc::Get => "Get (stored 5-step policy)",
+        Rpc::Validate => "Validate (valid 5-step MultiStep)",
+        Rpc::Set => "Set (new key and value per call, FULL sync)",
+    }
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    if values.is_empty() {
+        return 0.0;
+    }
+    values.sort_by(f64::total_cmp);
+    let mid = values.len() / 2;
+    if values.len() % 2 == 1 {
+        values[mid]
+    } else {
+        (values[mid - 1] + values[mid]) / 2.0
+    }
+}
+
+fn min_max(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::MAX, f64::MIN), |(lo, hi), &v| (lo.min(v), hi.max(v)))
+}
+
+/// The medians over the rounds of one RPC.
+struct Summary {
+    ratio: f64,
+    ratio_range: (f64, f64),
+    service: Sample,
+    echo: Sample,
+    failed: u64,
+    echo_failed: u64,
+}
+
+fn summarize(pairs: &[Pair], rpc: Rpc) -> Summary {
+    let pairs: Vec<&Pair> = pairs.iter().filter(|pair| pair.rpc == rpc).collect();
+    let pick = |f: &dyn Fn(&Pair) -> f64| -> f64 {
+        let mut values: Vec<f64> = pairs.iter().map(|pair| f(pair)).collect();
+        median(&mut values)
+    };
+    let ratios: Vec<f64> = pairs
+        .iter()
+        .map(|pair| pair.service.rps / pair.echo.rps)
+        .collect();
+    let median_of = |side: &dyn Fn(&Pair) -> Sample| Sample {
+        rps: pick(&|p| side(p).rps),
+        p50_us: pick(&|p| side(p).p50_us),
+        p99_us: pick(&|p| side(p).p99_us),
+        cpu_us_per_rpc: pick(&|p| side(p).cpu_us_per_rpc),
+        failed: 0,
+    };
+    Summary {
+        ratio: median(&mut ratios.clone()),
+        ratio_range: min_max(&ratios),
+        service: median_of(&|p| p.service),
+        echo: median_of(&|p| p.echo),
+        failed: pairs.iter().map(|pair| pair.service.failed).sum(),
+        echo_failed: pairs.iter().map(|pair| pair.echo.failed).sum(),
+    }
+}
+
+fn ms(us: f64) -> String {
+    format!("{:.2} ms", us / 1000.0)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1e6)
+}
+
+fn duration_ms(duration: Duration) -> String {
+    format!("{:.0} ms", duration.as_secs_f64() * 1000.0)
+}
+
+fn verdict(met: bool) -> &'static str {
+    if met { "met" } else { "**missed**" }
+}
+
+pub fn pair_line(pair: &Pair) -> String {
+    format!(
+        "round {} {:?}: echo {:.0}/s p99 {} | provisiond {:.0}/s p50 {} p99 {} cpu {:.1} µs/rpc, failed {} | ratio {:.3}",
+        pair.round,
+        pair.rpc,
+        pair.echo.rps,
+        ms(pair.echo.p99_us),
+        pair.service.rps,
+        ms(pair.service.p50_us),
+        ms(pair.service.p99_us),
+        pair.service.cpu_us_per_rpc,
+        pair.service.failed,
+        pair.service.rps / pair.echo.rps
+    )
+}
+
+fn command_line(program: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(program).args(args).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_owned())
+}
+
+struct Machine {
+    nproc: usize,
+    cpu: String,
+    kernel: String,
+    memory: String,
+}
+
+fn machine() -> Machine {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let cpu = cpuinfo
+        .lines()
+        .find_map(|line| line.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map_or("unknown".to_owned(), |(_, model)| model.trim().to_owned());
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map_or("unknown".to_owned(), |text| text.trim().to_owned());
+    let memory = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find_map(|line| line.strip_prefix("MemTotal:"))
+                .and_then(|rest| {
+                    rest.trim()
+                        .trim_end_matches("kB")
+                        .trim()
+                        .parse::<u64>()
+                        .ok()
+                })
+        })
+        .map_or("unknown".to_owned(), |kib| {
+            format!("{:.1} GiB", kib as f64 / (1024.0 * 1024.0))
+        });
+    Machine {
+        nproc: std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu,
+        kernel,
+        memory,
+    }
+}
+
+fn utc(time: std::time::SystemTime) -> String {
+    let secs = time
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    command_line(
+        "date",
+        &["-u", "-d", &format!("@{secs}"), "+%Y-%m-%d %H:%M UTC"],
+    )
+    .unwrap_or_else(|| format!("unix time {secs}"))
+}
+
+pub fn markdown(run: &Run) -> String {
+    let machine = machine();
+    let commit = command_line("git", &["rev-parse", "--short", "HEAD"]).unwrap_or_default();
+    let dirty = command_line("git", &["status", "--porcelain", "--untracked-files=no"])
+        .is_some_and(|status| !status.is_empty());
+    let rustc = command_line("rustc", &["--version"]).unwrap_or_default();
+    let args = &run.args;
+    let mut md = String::new();
+    let w = &mut md;
+    let _ = writeln!(w, "# Benchmarks\n");
+    let _ = writeln!(
+        w,
+        "Generated by `make bench` (`bench/src/bin/bench-run`); do not edit: run it again.\n\
+         Run of {} at commit `{commit}`{}, {rustc}, release profile; it took {:.0} s.\n",
+        utc(run.started),
+        if dirty {
+            " (with uncommitted changes)"
+        } else {
+            ""
+        },
+        run.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        w,
+        "Machine: {} CPUs (nproc), {}, kernel {}, {} RAM. Load average (1, 5, 15 min) {} at \
+         the start, {} at the end: other work on the machine shares its CPUs and disk.\n",
+        machine.nproc, machine.cpu, machine.kernel, machine.memory, run.load_before, run.load_after
+    );
+
+    let _ = writeln!(w, "## Method\n");
+    let _ = writeln!(
+        w,
+        "- Ratio to a bare tonic echo server of the same API (`bench-echo`: pre-built replies of \
+         the same size, no store, no validation; same release build, same tokio runtime with one \
+         worker per CPU), measured in the same round: {} rounds, each running echo then provisiond \
+         for Get, Validate and Set; figures are medians over the rounds.",
+        args.rounds
+    );
+    let _ = writeln!(
+        w,
+        "- 32 calls in flight: Get and Validate with h2load `-c 4 -m 8 -t 1 --warm-up-time={} \
+         --duration={}` and a pre-encoded body (each body checked once for `grpc-status: 0` with \
+         nghttp and for the reply's DATA bytes with a counted h2load run); Set with `bench-load` \
+         (4 connections, 32 in flight, one client thread, {} s warm-up, {} s measured), which \
+         writes a new key and value on every call and counts every non-OK status.",
+        args.warm_up, args.seconds, args.warm_up, args.seconds
+    );
+    let _ = writeln!(
+        w,
+        "- provisiond runs with `--log warn` on a fresh data dir seeded with {} five-step policies \
+         through the store API; SQLite in WAL mode with `synchronous=FULL` (every acknowledged Set \
+         is fsynced, concurrent Sets group-committed). p50/p99 come from h2load's `--log-file` or \
+         bench-load's own timings. Server CPU µs per RPC is the server's utime+stime \
+         (/proc/PID/stat) over the run, divided by the calls.",
+        args.policies
+    );
+    let _ = writeln!(
+        w,
+        "- Start = from exec until gRPC health answers SERVING (median of 3 starts). Memory from \
+         /proc/PID/status: VmRSS idle after start, VmRSS and VmHWM after a load round of the \
+         three RPCs. The machine is shared: absolute RPS drifts between minutes, the ratios are \
+         what to compare.\n"
+    );
+
+    let _ = writeln!(
+        w,
+        "## Results at 32 in flight (medians over {} rounds)\n",
+        args.rounds
+    );
+    let _ = writeln!(
+        w,
+        "| RPC | provisiond RPS | echo RPS | ratio to echo (min–max) | target | p50 | p99 | echo p50 / p99 | server CPU µs/RPC | echo CPU µs/RPC | non-OK calls |"
+    );
+    let _ = writeln!(w, "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
+    let mut targets = Vec::new();
+    for rpc in Rpc::ALL {
+        let s = summarize(&run.pairs, rpc);
+        let target = target_ratio(rpc);
+        let _ = writeln!(
+            w,
+            "| {} | {:.0} | {:.0} | **{:.2}** ({:.2}–{:.2}) | ≥ {:.2}: {} | {} | {} | {} / {} | {:.1} | {:.1} | {} (echo {}) |",
+            label(rpc),
+            s.service.rps,
+            s.echo.rps,
+            s.ratio,
+            s.ratio_range.0,
+            s.ratio_range.1,
+            target,
+            verdict(s.ratio >= target),
+            ms(s.service.p50_us),
+            ms(s.service.p99_us),
+            ms(s.echo.p50_us),
+            ms(s.echo.p99_us),
+            s.service.cpu_us_per_rpc,
+            s.echo.cpu_us_per_rpc,
+            s.failed,
+            s.echo_failed,
+        );
+        targets.push((
+            format!("{rpc:?} ratio to echo ≥ {target:.2}"),
+            format!("{:.2}", s.ratio),
+            s.ratio >= target,
+        ));
+        if rpc == Rpc::Set {
+            targets.push((
+                "Set p99 ≤ 10 ms".to_owned(),
+                ms(s.service.p99_us),
+                s.service.p99_us <= SET_P99_US,
+            ));
+        }
+    }
+    let _ = writeln!(
+        w,
+        "\nReply sizes: Get {} B (echo {} B), Validate {} B.\n",
+        run.get_reply_bytes, run.echo_get_reply_bytes, run.validate_reply_bytes
+    );
+
+    let _ = writeln!(w, "## Startup and memory\n");
+    let _ = writeln!(
+        w,
+        "| stored policies | start to SERVING (median; all) | VmRSS idle | VmRSS / VmHWM after load | data dir on disk | seeding time |"
+    );
+    let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|");
+    for size in &run.sizes {
+        let mut starts: Vec<f64> = size.startups.iter().map(Duration::as_secs_f64).collect();
+        let start = Duration::from_secs_f64(median(&mut starts));
+        let all = size
+            .startups
+            .iter()
+            .map(|d| duration_ms(*d))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let _ = writeln!(
+            w,
+            "| {} | {} ({all}) | {} | {} | {} | {} |",
+            size.policies,
+            duration_ms(start),
+            mb(size.rss_idle),
+            size.after_load.map_or("–".to_owned(), |(rss, hwm)| format!(
+                "{} / {}",
+                mb(rss),
+                mb(hwm)
+            )),
+            mb(size.disk_bytes),
+            size.seed_time
+                .map_or("–".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
+        );
+        if size.policies == args.big_policies {
+            targets.push((
+                format!("start to SERVING with {} policies ≤ 1 s", size.policies),
+                duration_ms(start),
+                start <= START_100K,
+            ));
+            let hwm = size.after_load.map_or(0, |(_, hwm)| hwm);
+            targets.push((
+                format!(
+                    "RSS after load with {} policies ≤ 150 MB (VmHWM)",
+                    size.policies
+                ),
+                mb(hwm),
+                hwm <= RSS_100K,
+            ));
+        }
+    }
+
+    let _ = writeln!(w, "\n## Targets (issue #5)\n");
+    let _ = writeln!(w, "| target | measured | |");
+    let _ = writeln!(w, "|---|---:|---|");
+    for (target, figure, met) in &targets {
+        let _ = writeln!(w, "| {target} | {figure} | {} |", verdict(*met));
+    }
+
+    let _ = writeln!(
+        w,
+        "\nWhere the time goes, by hand: `target/release/bench-run --bodies-only --work-dir DIR` \
+         writes the h2load bodies; run provisiond and bench-echo under `valgrind --tool=callgrind` \
+         (this VM has no hardware counters for `perf`), send the same number of calls to each \
+         with `h2load -n`, and compare instructions per call; `cargo bench --bench validation` \
+         and `cargo bench --bench store` isolate validation and the store."
+    );
+
+    let _ = writeln!(w, "\n## Every round\n");
+    let _ = writeln!(
+        w,
+        "| round | RPC | echo RPS | provisiond RPS | ratio | echo p99 | provisiond p50 | provisiond p99 | echo CPU µs/RPC | provisiond CPU µs/RPC | non-OK |"
+    );
+    let _ = writeln!(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for pair in &run.pairs {
+        let _ = writeln!(
+            w,
+            "| {} | {:?} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} | {} |",
+            pair.round,
+            pair.rpc,
+            pair.echo.rps,
+            pair.service.rps,
+            pair.service.rps / pair.echo.rps,
+            ms(pair.echo.p99_us),
+            ms(pair.service.p50_us),
+            ms(pair.service.p99_us),
+            pair.echo.cpu_us_per_rpc,
+            pair.service.cpu_us_per_rpc,
+            pair.service.failed + pair.echo.failed,
+        );
+    }
+    md
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_and_even_counts() {
+        assert_eq!(median(&mut [3.0, 1.0, 2.0]), 2.0);
+        assert_eq!(median(&mut [4.0, 1.0, 2.0, 3.0]), 2.5);
+        assert_eq!(median(&mut []), 0.0);
+    }
+}
