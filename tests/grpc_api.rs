@@ -7,23 +7,6 @@ use provisiond::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-fn error_reason(status: &tonic::Status) -> String {
-    let details = status.get_error_details();
-    let info = details.error_info().expect("every error carries ErrorInfo");
-    assert_eq!(info.domain, "provisiond");
-    info.reason.clone()
-}
-
-fn bad_request_fields(status: &tonic::Status) -> Vec<(String, String)> {
-    let details = status.get_error_details();
-    let bad_request = details.bad_request().expect("BadRequest detail");
-    bad_request
-        .field_violations
-        .iter()
-        .map(|v| (v.field.clone(), v.reason.clone()))
-        .collect()
-}
-
 #[tokio::test]
 async fn set_then_get_round_trips_with_revision_etag_and_times() {
     let server = TestServer::start().await;

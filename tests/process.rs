@@ -58,6 +58,32 @@ async fn restart_keeps_data_and_sigterm_exits_zero() {
 }
 
 #[tokio::test]
+async fn environment_twins_configure_the_server() {
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_provisiond"));
+    command
+        .env("PROVISIOND_LISTEN", "127.0.0.1:0")
+        .env("PROVISIOND_DATA_DIR", data_dir.path().join("nested"))
+        .env("PROVISIOND_LOG_FORMAT", "json")
+        .env("PROVISIOND_LOG", "info")
+        .env("PROVISIOND_STORE", "sqlite");
+    let Started::Listening(server) = process::start_command(command) else {
+        panic!("did not start from the environment alone");
+    };
+    let mut client = client_of(&server).await;
+    client
+        .set_provision_policy(set_request(
+            resource(entitlement("a", "b"), webhook("w")),
+            "",
+        ))
+        .await
+        .expect("set");
+    drop(client);
+    assert!(server.terminate().0.success());
+    assert!(data_dir.path().join("nested/provisiond.sqlite3").exists());
+}
+
+#[tokio::test]
 async fn a_second_process_on_the_same_data_dir_fails_fast() {
     let data_dir = tempfile::tempdir().expect("temp dir");
     let first = process::start_listening(data_dir.path());

@@ -31,7 +31,7 @@ pub fn edges(resource: &pb::EntitlementProvisionPolicy) -> Edges {
         edges.targets.push(target);
     }
     for list in [&mut edges.targets, &mut edges.implicit_sources] {
-        list.sort_by(|a, b| key(a).cmp(&key(b)));
+        list.sort_by_key(key);
         list.dedup();
     }
     edges

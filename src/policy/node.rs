@@ -91,7 +91,7 @@ fn check_multi_step(
     let level = enclosing_multi_steps + 1;
     if !multi_step_level_allowed(level) {
         // The walk does not enter it: one violation for the whole subtree.
-        violations.error(
+        violations.limit_error(
             path,
             reason::TOO_DEEP,
             format!(
@@ -110,7 +110,7 @@ fn check_multi_step(
             "must list at least one step",
         );
     } else if steps.len() > MAX_STEPS {
-        violations.error(
+        violations.limit_error(
             &steps_path,
             reason::TOO_MANY_STEPS,
             format!("must list at most {MAX_STEPS} steps, got {}", steps.len()),

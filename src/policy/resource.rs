@@ -28,7 +28,7 @@ pub(super) fn check(resource: &pb::EntitlementProvisionPolicy) -> Vec<pb::Policy
         node::check(&mut violations, &node, owner);
     }
     if let Some(path) = walk.first_unvisited() {
-        violations.error(
+        violations.limit_error(
             path,
             reason::TOO_MANY_NODES,
             format!(

@@ -944,8 +944,17 @@ fn a_1000_step_multi_step_yields_too_many_steps_and_stops_at_256_nodes() {
     };
     assert_eq!(count(TOO_MANY_STEPS), 1);
     assert_eq!(count(TOO_MANY_NODES), 1);
-    // The steps within the node limit are still checked; those past it are not.
-    assert_eq!(count(REQUIRED), MAX_NODES - 1);
+    // The steps within the node limit are still checked, those past it are not, and of the
+    // 255 REQUIRED only the first ones fit under the cap: one TOO_MANY_VIOLATIONS counts the rest
+    // while the limit errors are always kept.
+    let listed_required = crate::policy::limits::MAX_VIOLATIONS - 1;
+    assert_eq!(count(REQUIRED), listed_required);
+    assert_eq!(count(crate::policy::reason::TOO_MANY_VIOLATIONS), 1);
+    let summary = violations.last().expect("summary");
+    assert!(
+        summary.1 == crate::policy::reason::TOO_MANY_VIOLATIONS && summary.2 == E,
+        "{summary:?}"
+    );
     assert_eq!(
         violations[0],
         (

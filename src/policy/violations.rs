@@ -30,6 +30,22 @@ impl<'a> Violations<'a> {
         self.push(path, reason, description.into(), pb::Severity::Error);
     }
 
+    /// An error about a structural limit: kept even past [`MAX_VIOLATIONS`], since it explains
+    /// why the rest of the input went unchecked (at most one per policy node).
+    pub(super) fn limit_error(
+        &mut self,
+        path: &Path,
+        reason: &str,
+        description: impl Into<String>,
+    ) {
+        self.found.push(Found::Violation(violation(
+            path,
+            reason,
+            description.into(),
+            pb::Severity::Error,
+        )));
+    }
+
     pub(super) fn warning(&mut self, path: &Path, reason: &str, description: impl Into<String>) {
         self.push(path, reason, description.into(), pb::Severity::Warning);
     }

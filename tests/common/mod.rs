@@ -144,3 +144,24 @@ pub fn get_request(
         revision,
     }
 }
+
+/// The `ErrorInfo.reason` of an error, which every error carries with the domain `provisiond`.
+pub fn error_reason(status: &tonic::Status) -> String {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let info = details.error_info().expect("every error carries ErrorInfo");
+    assert_eq!(info.domain, "provisiond");
+    info.reason.clone()
+}
+
+/// The (field, reason) pairs of the error's BadRequest detail.
+pub fn bad_request_fields(status: &tonic::Status) -> Vec<(String, String)> {
+    use tonic_types::StatusExt;
+    let details = status.get_error_details();
+    let bad_request = details.bad_request().expect("BadRequest detail");
+    bad_request
+        .field_violations
+        .iter()
+        .map(|v| (v.field.clone(), v.reason.clone()))
+        .collect()
+}

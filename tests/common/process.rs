@@ -27,7 +27,8 @@ pub enum Started {
 const START_LIMIT: Duration = Duration::from_secs(60);
 
 pub fn start(data_dir: &Path) -> Started {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_provisiond"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_provisiond"));
+    command
         .args([
             "--listen",
             "127.0.0.1:0",
@@ -36,7 +37,13 @@ pub fn start(data_dir: &Path) -> Started {
             "--data-dir",
         ])
         .arg(data_dir)
-        .env_remove("PROVISIOND_STORE")
+        .env_remove("PROVISIOND_STORE");
+    start_command(command)
+}
+
+/// Starts `command` (the binary with its flags and environment) and waits for its address.
+pub fn start_command(mut command: Command) -> Started {
+    let mut child = command
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

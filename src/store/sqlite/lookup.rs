@@ -14,11 +14,11 @@ use crate::store::{StoreError, WriteCheck};
 struct ConnLookup<'c>(&'c Connection);
 
 impl Lookup for ConnLookup<'_> {
-    fn stored_policy(
+    fn delegation_targets(
         &self,
         entitlement: &pb::EntitlementRef,
-    ) -> Result<Option<pb::EntitlementProvisionPolicy>, LookupError> {
-        Ok(queries::stored_resource(self.0, entitlement)?)
+    ) -> Result<Option<Vec<pb::EntitlementRef>>, LookupError> {
+        Ok(queries::delegation_targets(self.0, entitlement)?)
     }
 
     fn binding_exists(

@@ -1,13 +1,15 @@
 //! The embedded SQLite backend: one file in the data dir, WAL, `synchronous=FULL`.
 //!
-//! One writer thread owns the only read-write connection and group-commits the queued writes
-//! (`writer.rs`); reads use a pool of read-only connections that never wait for it (`reads.rs`):
-//! `get` on the calling task, `check` (caller code of unbounded cost) on a blocking thread.
+//! One writer thread owns the only read-write connection and group-commits the queued policy
+//! writes and binding changes (`writer.rs`, `operations.rs`); reads use a pool of read-only
+//! connections that never wait for it (`reads.rs`): `get` on the calling task, `check` (caller
+//! code of unbounded cost) and `list_bindings` (a caller-sized page) on a blocking thread.
 //! An exclusive lock file keeps a second process off the data dir.
 
 mod error;
 mod lookup;
 mod open;
+mod operations;
 mod queries;
 mod reads;
 mod schema;
@@ -19,14 +21,17 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use tokio::sync::oneshot;
-
 use self::error::Failure;
 pub use self::error::OpenError;
 use self::open::{DATABASE_FILE, DataDirLock};
+use self::operations::{CreateBinding, DeleteBinding};
 use self::reads::ReadPool;
-use self::writer::{Job, Writer};
-use super::{Store, StoreError, StoredRevision, Write, WriteCheck, WriteOutcome};
+#[cfg(test)]
+use self::writer::Job;
+use self::writer::{Answer, Writer};
+use super::{
+    BindingQuery, Store, StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
+};
 use crate::pb;
 
 /// The SQLite [`Store`]. Open it once per data dir and process; [`Store::close`] it on shutdown
@@ -74,6 +79,11 @@ impl SqliteStore {
     }
 }
 
+/// The answer to a queued operation, or why it could not be queued.
+async fn answered<T>(queued: Result<Answer<T>, StoreError>) -> Result<T, StoreError> {
+    queued?.await.map_err(|_| Failure::WriterStopped)?
+}
+
 impl Store for SqliteStore {
     async fn get(
         &self,
@@ -88,12 +98,7 @@ impl Store for SqliteStore {
 
     /// The write is queued when this is called, before the future is first polled.
     fn write(&self, write: Write) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send {
-        let (reply, answer) = oneshot::channel();
-        let submitted = self.writer.submit(Job::Write(write, reply));
-        async move {
-            submitted?;
-            answer.await.map_err(|_| Failure::WriterStopped)?
-        }
+        answered(self.writer.queue(write))
     }
 
     async fn check(&self, check: WriteCheck) -> Result<Vec<pb::PolicyViolation>, StoreError> {
@@ -103,6 +108,39 @@ impl Store for SqliteStore {
                 let tx = conn.transaction()?;
                 lookup::run_check(check, &tx)
             })
+            .await
+    }
+
+    /// Queued when called, like a write, and committed in the same batches.
+    fn create_binding(
+        &self,
+        source: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+        implicit: bool,
+    ) -> impl Future<Output = Result<StoredBinding, StoreError>> + Send {
+        answered(self.writer.queue(CreateBinding {
+            source,
+            destination,
+            implicit,
+        }))
+    }
+
+    /// Queued when called; the writer orders it against every write that could start using the
+    /// binding.
+    fn delete_binding(
+        &self,
+        source: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send {
+        answered(self.writer.queue(DeleteBinding {
+            source,
+            destination,
+        }))
+    }
+
+    async fn list_bindings(&self, query: BindingQuery) -> Result<Vec<StoredBinding>, StoreError> {
+        self.readers
+            .read_blocking(move |conn| queries::list_bindings(conn, &query))
             .await
     }
 

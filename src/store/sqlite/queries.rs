@@ -4,11 +4,11 @@
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use prost::Message;
-use rusqlite::{Connection, OptionalExtension, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
 
 use super::error::Failure;
 use crate::pb;
-use crate::store::{StoreError, StoredRevision};
+use crate::store::{BindingQuery, StoreError, StoredBinding, StoredRevision};
 
 /// A revision number of an entitlement and its times (unix microseconds), without the resource:
 /// what a write's precondition reads and what its new record is made of.
@@ -80,17 +80,81 @@ pub(super) fn at_revision(
     row.map(RawRevision::decode).transpose()
 }
 
-pub(super) fn stored_resource(
+/// `None` when `key` has no resource; else the targets of its edges, in key order. One
+/// statement, so both come from one snapshot.
+pub(super) fn delegation_targets(
     conn: &Connection,
     key: &pb::EntitlementRef,
-) -> Result<Option<pb::EntitlementProvisionPolicy>, StoreError> {
+) -> Result<Option<Vec<pb::EntitlementRef>>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT resource FROM policies WHERE app_id = ?1 AND entitlement_id = ?2",
+        "SELECT d.target_app_id, d.target_entitlement_id
+         FROM policies AS p
+         LEFT JOIN delegations AS d
+           ON d.app_id = p.app_id AND d.entitlement_id = p.entitlement_id
+         WHERE p.app_id = ?1 AND p.entitlement_id = ?2
+         ORDER BY d.target_app_id, d.target_entitlement_id",
     )?;
-    let bytes: Option<Vec<u8>> = stmt
-        .query_row(params![key.app_id, key.entitlement_id], |row| row.get(0))
-        .optional()?;
-    bytes.map(|bytes| decode_resource(&bytes)).transpose()
+    let mut rows = stmt.query(params![key.app_id, key.entitlement_id])?;
+    let mut targets = None;
+    while let Some(row) = rows.next()? {
+        let targets = targets.get_or_insert_with(Vec::new);
+        // The one row of a resource without edges has NULL targets.
+        if let (Some(app_id), Some(entitlement_id)) = (row.get(0)?, row.get(1)?) {
+            targets.push(pb::EntitlementRef {
+                app_id,
+                entitlement_id,
+            });
+        }
+    }
+    Ok(targets)
+}
+
+/// Makes `targets` (duplicates allowed) the edges of `key`, whose head must be stored.
+pub(super) fn replace_delegations(
+    conn: &Connection,
+    key: &pb::EntitlementRef,
+    targets: &[pb::EntitlementRef],
+) -> Result<(), StoreError> {
+    conn.prepare_cached("DELETE FROM delegations WHERE app_id = ?1 AND entitlement_id = ?2")?
+        .execute(params![key.app_id, key.entitlement_id])?;
+    let mut insert = conn.prepare_cached(
+        "INSERT OR IGNORE INTO delegations
+           (app_id, entitlement_id, target_app_id, target_entitlement_id)
+         VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for target in targets {
+        insert.execute(params![
+            key.app_id,
+            key.entitlement_id,
+            target.app_id,
+            target.entitlement_id
+        ])?;
+    }
+    Ok(())
+}
+
+/// Whether the current resource of `destination` delegates to `source`: what keeps their
+/// binding in use.
+pub(super) fn delegates_to(
+    conn: &Connection,
+    destination: &pb::EntitlementRef,
+    source: &pb::EntitlementRef,
+) -> Result<bool, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM delegations
+         WHERE app_id = ?1 AND entitlement_id = ?2
+           AND target_app_id = ?3 AND target_entitlement_id = ?4)",
+    )?;
+    let exists = stmt.query_row(
+        params![
+            destination.app_id,
+            destination.entitlement_id,
+            source.app_id,
+            source.entitlement_id
+        ],
+        |row| row.get(0),
+    )?;
+    Ok(exists)
 }
 
 pub(super) fn binding_exists(
@@ -113,6 +177,125 @@ pub(super) fn binding_exists(
         |row| row.get(0),
     )?;
     Ok(exists)
+}
+
+/// Stores a binding unless one from `source` into `destination` exists; returns whether it did.
+pub(super) fn insert_binding(
+    conn: &Connection,
+    source: &pb::EntitlementRef,
+    destination: &pb::EntitlementRef,
+    implicit: bool,
+    create_time: i64,
+) -> Result<bool, StoreError> {
+    let inserted = conn
+        .prepare_cached(
+            "INSERT INTO proxy_bindings
+               (source_app_id, source_entitlement_id,
+                destination_app_id, destination_entitlement_id, implicit, create_time)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT DO NOTHING",
+        )?
+        .execute(params![
+            source.app_id,
+            source.entitlement_id,
+            destination.app_id,
+            destination.entitlement_id,
+            implicit,
+            create_time
+        ])?;
+    Ok(inserted == 1)
+}
+
+/// Deletes a binding; returns whether there was one.
+pub(super) fn delete_binding(
+    conn: &Connection,
+    source: &pb::EntitlementRef,
+    destination: &pb::EntitlementRef,
+) -> Result<bool, StoreError> {
+    let deleted = conn
+        .prepare_cached(
+            "DELETE FROM proxy_bindings
+             WHERE source_app_id = ?1 AND source_entitlement_id = ?2
+               AND destination_app_id = ?3 AND destination_entitlement_id = ?4",
+        )?
+        .execute(params![
+            source.app_id,
+            source.entitlement_id,
+            destination.app_id,
+            destination.entitlement_id
+        ])?;
+    Ok(deleted == 1)
+}
+
+/// The bindings `query` selects. The statement is built from the filters present, so that each
+/// uses its index (the primary key for a source, `proxy_bindings_by_destination` for a
+/// destination) and `after` a range of the primary key.
+pub(super) fn list_bindings(
+    conn: &Connection,
+    query: &BindingQuery,
+) -> Result<Vec<StoredBinding>, StoreError> {
+    const SOURCE: &str = "source_app_id, source_entitlement_id";
+    const DESTINATION: &str = "destination_app_id, destination_entitlement_id";
+    if query.limit == 0 {
+        return Ok(Vec::new());
+    }
+    let mut conditions = Vec::new();
+    let mut values: Vec<&dyn ToSql> = Vec::new();
+    if let Some(source) = &query.source {
+        conditions.push("source_app_id = ? AND source_entitlement_id = ?".to_owned());
+        values.extend([&source.app_id as &dyn ToSql, &source.entitlement_id]);
+    }
+    if let Some(destination) = &query.destination {
+        conditions.push("destination_app_id = ? AND destination_entitlement_id = ?".to_owned());
+        values.extend([
+            &destination.app_id as &dyn ToSql,
+            &destination.entitlement_id,
+        ]);
+    }
+    if let Some((source, destination)) = &query.after {
+        conditions.push(format!("({SOURCE}, {DESTINATION}) > (?, ?, ?, ?)"));
+        values.extend([
+            &source.app_id as &dyn ToSql,
+            &source.entitlement_id,
+            &destination.app_id,
+            &destination.entitlement_id,
+        ]);
+    }
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    values.push(&limit);
+    let filter = if conditions.is_empty() {
+        String::new()
+    } else {
+        format!("WHERE {}", conditions.join(" AND "))
+    };
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {SOURCE}, {DESTINATION}, implicit, create_time FROM proxy_bindings {filter}
+         ORDER BY {SOURCE}, {DESTINATION} LIMIT ?"
+    ))?;
+    let rows = stmt.query_map(values.as_slice(), |row| {
+        Ok((
+            pb::EntitlementRef {
+                app_id: row.get(0)?,
+                entitlement_id: row.get(1)?,
+            },
+            pb::EntitlementRef {
+                app_id: row.get(2)?,
+                entitlement_id: row.get(3)?,
+            },
+            row.get::<_, bool>(4)?,
+            row.get::<_, i64>(5)?,
+        ))
+    })?;
+    rows.map(|row| {
+        let (source, destination, implicit, create_time) = row?;
+        Ok(StoredBinding {
+            source,
+            destination,
+            implicit,
+            create_time: time_from_micros(create_time)?,
+        })
+    })
+    .collect()
 }
 
 /// Appends revision `new` to the history and makes it the head.

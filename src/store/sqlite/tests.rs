@@ -11,14 +11,14 @@ use rusqlite::Connection;
 use tempfile::TempDir;
 use tokio::sync::oneshot;
 
-use super::schema::{APPLICATION_ID, LATEST};
-use super::writer::Job;
+use super::schema::{self, APPLICATION_ID, LATEST};
 use super::{DATABASE_FILE, OpenError, SqliteStore};
 use crate::pb;
 use crate::store::contract::{
-    Backend, entitlement, passing, put, put_if, resource, returning, violation, written,
+    Backend, delegating, entitlement, passing, put, put_if, rejecting_when, resource, returning,
+    violation, written,
 };
-use crate::store::{Store, StoreError, Write, WriteOutcome};
+use crate::store::{BindingQuery, Store, StoreError, StoredBinding, Write, WriteOutcome};
 
 struct SqliteBackend {
     dir: TempDir,
@@ -89,6 +89,33 @@ async fn on_writer<T: Send + 'static>(
 
 fn key(n: usize) -> pb::EntitlementRef {
     entitlement("app", &format!("entitlement-{n}"))
+}
+
+async fn all_bindings(store: &SqliteStore) -> Vec<StoredBinding> {
+    let query = BindingQuery {
+        limit: 1000,
+        ..Default::default()
+    };
+    store.list_bindings(query).await.unwrap()
+}
+
+/// What `Store::check` sees as the delegation targets of `key`.
+async fn targets_of(
+    store: &SqliteStore,
+    key: &pb::EntitlementRef,
+) -> Option<Vec<pb::EntitlementRef>> {
+    let seen = Arc::new(Mutex::new(None));
+    store
+        .check(Box::new({
+            let (seen, key) = (Arc::clone(&seen), key.clone());
+            move |lookup| {
+                *seen.lock().unwrap() = Some(lookup.delegation_targets(&key)?);
+                Ok(Vec::new())
+            }
+        }))
+        .await
+        .unwrap();
+    seen.lock().unwrap().take().expect("the check ran")
 }
 
 #[tokio::test]
@@ -215,7 +242,10 @@ async fn the_schema_and_pragmas_are_in_effect() {
         .collect::<Result<_, _>>()
         .unwrap();
     tables.sort();
-    assert_eq!(tables, ["policies", "proxy_bindings", "revisions"]);
+    assert_eq!(
+        tables,
+        ["delegations", "policies", "proxy_bindings", "revisions"]
+    );
 
     // synchronous, foreign_keys and busy_timeout belong to the connection, not the file.
     let pragmas = on_writer(&store, |conn| {
@@ -282,13 +312,13 @@ async fn a_failing_write_rolls_back_only_itself_and_later_writes_see_earlier_one
 
     let release = hold_writer(&store);
     let before = store.commits();
-    let write_a = store.write(put(resource(&a, "hook-a1")));
+    let write_a = store.write(delegating(&a, [e.clone()]));
     let write_b = store.write(put_if(resource(&b, "hook-b"), 3));
     let write_c = store.write(Write {
         check: Box::new({
             let (a, seen) = (a.clone(), Arc::clone(&seen_by_c));
             move |lookup| {
-                *seen.lock().unwrap() = Some(lookup.stored_policy(&a)?);
+                *seen.lock().unwrap() = Some(lookup.delegation_targets(&a)?);
                 Ok(Vec::new())
             }
         }),
@@ -322,7 +352,7 @@ async fn a_failing_write_rolls_back_only_itself_and_later_writes_see_earlier_one
     let seen = seen_by_c.lock().unwrap().take().expect("c's check ran");
     assert_eq!(
         seen,
-        Some(resource(&a, "hook-a1")),
+        Some(vec![e.clone()]),
         "c's check saw a's write of the same batch"
     );
     assert_eq!(store.get(&a, None).await.unwrap().unwrap().revision, 2);
@@ -368,6 +398,7 @@ async fn a_failed_commit_fails_every_write_of_the_batch() {
         check: returning(vec![violation("REQUIRED", pb::Severity::Error)]),
         ..put(resource(&key(3), "hook-3"))
     });
+    let binding = store.create_binding(key(4), key(5), false);
     drop(release);
     for (name, answer) in [
         ("stored", stored.await),
@@ -379,6 +410,11 @@ async fn a_failed_commit_fails_every_write_of_the_batch() {
             "{name}: {answer:?}"
         );
     }
+    let binding = binding.await;
+    assert!(
+        matches!(binding, Err(StoreError::Internal(_))),
+        "{binding:?}"
+    );
     assert_eq!(store.commits(), before);
 
     on_writer(&store, |conn| {
@@ -387,6 +423,7 @@ async fn a_failed_commit_fails_every_write_of_the_batch() {
     .await;
     assert_eq!(store.get(&key(1), None).await.unwrap(), None);
     assert_eq!(store.get(&key(1), Some(1)).await.unwrap(), None);
+    assert_eq!(all_bindings(&store).await, []);
     assert_eq!(
         written(&store, put(resource(&key(1), "hook-1")))
             .await
@@ -529,10 +566,8 @@ async fn dropping_the_store_answers_queued_writes_and_unlocks() {
     let store = SqliteStore::open(dir.path()).unwrap();
     let answers: Vec<_> = (0..50)
         .map(|n| {
-            let (reply, answer) = oneshot::channel();
             let write = put(resource(&key(0), &format!("hook-{n}")));
-            store.writer.submit(Job::Write(write, reply)).unwrap();
-            answer
+            store.writer.queue(write).unwrap()
         })
         .collect();
     drop(store);
@@ -562,13 +597,6 @@ async fn a_stored_resource_that_does_not_decode_is_internal() {
         Err(err @ StoreError::Internal(_)) => assert_eq!(err.to_string(), "storage failure"),
         other => panic!("expected Internal, got {other:?}"),
     }
-    let lookup = store
-        .check(Box::new(|lookup| {
-            lookup.stored_policy(&key(0))?;
-            Ok(Vec::new())
-        }))
-        .await;
-    assert!(matches!(lookup, Err(StoreError::Internal(_))), "{lookup:?}");
 }
 
 #[tokio::test]
@@ -638,4 +666,172 @@ async fn a_write_without_entitlement_fails_alone() {
             .revision,
         1
     );
+}
+
+#[tokio::test]
+async fn binding_operations_join_the_group_commit() {
+    let dir = TempDir::new().unwrap();
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let (t, this, other) = (key(1), key(2), key(3));
+
+    let release = hold_writer(&store);
+    let before = store.commits();
+    let created = store.create_binding(t.clone(), this.clone(), false);
+    let duplicate = store.create_binding(t.clone(), this.clone(), true);
+    // Its check sees the binding created earlier in the same transaction.
+    let write = store.write(Write {
+        check: rejecting_when({
+            let (t, this) = (t.clone(), this.clone());
+            move |lookup| Ok(!lookup.binding_exists(&t, &this)?)
+        }),
+        ..delegating(&this, [t.clone()])
+    });
+    let in_use = store.delete_binding(t.clone(), this.clone());
+    let missing = store.delete_binding(this.clone(), t.clone());
+    let unused = store.create_binding(other.clone(), this.clone(), true);
+    let deleted = store.delete_binding(other.clone(), this.clone());
+    drop(release);
+
+    let created = created.await.unwrap();
+    assert!(matches!(duplicate.await, Err(StoreError::AlreadyExists)));
+    assert_eq!(written_now(write.await).revision, 1);
+    match in_use.await {
+        Err(StoreError::InUse { dependents }) => {
+            assert_eq!(dependents, std::slice::from_ref(&this))
+        }
+        other => panic!("expected InUse, got {other:?}"),
+    }
+    assert!(matches!(missing.await, Err(StoreError::NotFound)));
+    unused.await.unwrap();
+    deleted.await.unwrap();
+    assert_eq!(store.commits() - before, 1, "one batch");
+    assert_eq!(all_bindings(&store).await, [created]);
+    assert_eq!(targets_of(&store, &this).await, Some(vec![t]));
+}
+
+/// The resource of a DelegatedProvision to `target`.
+fn delegated_to(target: &pb::EntitlementRef) -> pb::ProvisionPolicy {
+    pb::ProvisionPolicy {
+        typ: Some(pb::provision_policy::Typ::Delegated(
+            pb::DelegatedProvision {
+                app_id: target.app_id.clone(),
+                entitlement_id: target.entitlement_id.clone(),
+                implicit: false,
+            },
+        )),
+    }
+}
+
+/// A database file of schema version 1, as a provisiond of that version left it.
+fn version_1_database(dir: &Path, policies: &[(pb::EntitlementRef, Vec<u8>)]) {
+    let path = database(dir);
+    let mut conn = Connection::open(&path).unwrap();
+    schema::migrate_to(&mut conn, 0, 1, &path).unwrap();
+    for (key, resource) in policies {
+        conn.execute(
+            "INSERT INTO policies VALUES (?1, ?2, ?3, 1, 1000000, 1000000)",
+            rusqlite::params![key.app_id, key.entitlement_id, resource],
+        )
+        .unwrap();
+        conn.execute(
+            "INSERT INTO revisions VALUES (?1, ?2, 1, ?3, 1000000)",
+            rusqlite::params![key.app_id, key.entitlement_id, resource],
+        )
+        .unwrap();
+    }
+    let version: i64 = conn
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+}
+
+#[tokio::test]
+async fn a_version_1_database_migrates_with_its_delegation_edges() {
+    let dir = TempDir::new().unwrap();
+    let [this, plain, t, u, v] = [0, 1, 2, 3, 4].map(key);
+    // Delegations in both policies and inside a MultiStep, one target twice.
+    let delegating = pb::EntitlementProvisionPolicy {
+        entitlement: Some(this.clone()),
+        provision_policy: Some(pb::ProvisionPolicy {
+            typ: Some(pb::provision_policy::Typ::MultiStep(pb::MultiStep {
+                provision_steps: vec![delegated_to(&u), delegated_to(&t), delegated_to(&u)],
+            })),
+        }),
+        deprovision_policy: Some(delegated_to(&v)),
+        ..Default::default()
+    };
+    let encode = prost::Message::encode_to_vec;
+    version_1_database(
+        dir.path(),
+        &[
+            (this.clone(), encode(&delegating)),
+            (plain.clone(), encode(&resource(&plain, "hook"))),
+        ],
+    );
+    side_connection(dir.path())
+        .execute(
+            "INSERT INTO proxy_bindings VALUES (?1, ?2, ?3, ?4, 0, 2000000)",
+            [
+                &t.app_id,
+                &t.entitlement_id,
+                &this.app_id,
+                &this.entitlement_id,
+            ],
+        )
+        .unwrap();
+
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let version: i64 = side_connection(dir.path())
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, LATEST);
+    let stored = store.get(&this, Some(1)).await.unwrap().unwrap();
+    assert_eq!(stored.resource, delegating);
+    assert_eq!(store.get(&plain, None).await.unwrap().unwrap().revision, 1);
+    assert_eq!(
+        all_bindings(&store).await,
+        [StoredBinding {
+            source: t.clone(),
+            destination: this.clone(),
+            implicit: false,
+            create_time: std::time::UNIX_EPOCH + std::time::Duration::from_secs(2),
+        }]
+    );
+
+    assert_eq!(targets_of(&store, &this).await, Some(vec![t.clone(), u, v]));
+    assert_eq!(targets_of(&store, &plain).await, Some(Vec::new()));
+    assert!(matches!(
+        store.delete_binding(t, this.clone()).await,
+        Err(StoreError::InUse { .. })
+    ));
+    assert_eq!(
+        written(&store, put(resource(&this, "hook"))).await.revision,
+        2
+    );
+    assert_eq!(targets_of(&store, &this).await, Some(Vec::new()));
+}
+
+#[test]
+fn a_version_1_resource_that_does_not_decode_stops_the_migration() {
+    let dir = TempDir::new().unwrap();
+    version_1_database(dir.path(), &[(key(0), vec![0xff; 4])]);
+
+    match open_error(dir.path()) {
+        OpenError::Migrate { version, .. } => assert_eq!(version, 2),
+        other => panic!("expected Migrate, got {other:?}"),
+    }
+    // Nothing of version 2 was left behind.
+    let side = side_connection(dir.path());
+    let version: i64 = side
+        .pragma_query_value(None, "user_version", |row| row.get(0))
+        .unwrap();
+    assert_eq!(version, 1);
+    let delegations: i64 = side
+        .query_row(
+            "SELECT count(*) FROM sqlite_schema WHERE name = 'delegations'",
+            [],
+            |row| row.get(0),
+        )
+        .unwrap();
+    assert_eq!(delegations, 0);
 }

@@ -1,6 +1,8 @@
 //! The writer thread and its group commit. Each COMMIT costs one fsync of the WAL (about
-//! 0.2 ms here), so the writer drains every queued write into one transaction, a savepoint per
-//! write, commits once and only then answers each caller.
+//! 0.2 ms here), so the writer drains every queued operation (policy writes and binding
+//! changes alike) into one transaction, a savepoint per operation, commits once and only then
+//! answers each caller. One writer also serialises what must not interleave: a delegation's
+//! check and write against the delete of the binding it relies on.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
@@ -11,28 +13,105 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::error::{self, Failure};
-use super::lookup::run_check;
-use super::queries::{self, Head};
-use crate::policy;
-use crate::store::record::clear_output_fields;
-use crate::store::{StoreError, StoredRevision, Write, WriteOutcome};
+use crate::store::StoreError;
 
-/// The most writes one transaction holds: bounds how long the first caller of a batch waits for
-/// the others' checks.
+/// The most operations one transaction holds: bounds how long the first caller of a batch waits
+/// for the others' checks.
 const MAX_BATCH: usize = 256;
 
-type Reply = oneshot::Sender<Result<WriteOutcome, StoreError>>;
+/// What the writer does for a caller, inside its own savepoint of a batch's transaction.
+pub(super) trait Operation: Send + 'static {
+    type Output: Send + 'static;
 
-#[allow(
-    clippy::large_enum_variant,
-    reason = "the small variant exists only in tests"
-)]
+    /// Does the operation on `conn`; returns the caller's answer and whether what it did stands.
+    /// An error, or `false`, rolls its savepoint back and leaves the rest of the batch alone.
+    fn stage(self, conn: &Connection) -> Result<(Self::Output, bool), StoreError>;
+}
+
+/// The channel a caller awaits its answer on.
+pub(super) type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
+
 pub(super) enum Job {
-    Write(Write, Reply),
+    /// An operation for the next batch, with the channel of its answer.
+    Batched(Box<dyn Queued>),
     /// Runs on the writer connection between batches: lets tests hold the writer or inspect
     /// its connection.
     #[cfg(test)]
     Run(Box<dyn FnOnce(&Connection) + Send>),
+}
+
+/// A queued [`Operation`] of any output type, so that one queue and one batch hold them all.
+pub(super) trait Queued: Send {
+    /// Runs the operation in its own savepoint of `tx`; the answer waits for the COMMIT.
+    fn apply(self: Box<Self>, tx: &mut Transaction<'_>) -> Box<dyn Staged>;
+    /// Answers `err` without running the operation.
+    fn fail(self: Box<Self>, err: StoreError);
+}
+
+/// The answer of an applied operation, held until the batch's COMMIT decides whether it holds.
+pub(super) trait Staged: Send {
+    /// Whether the operation failed with [`StoreError::Unavailable`].
+    fn is_unavailable(&self) -> bool;
+    fn is_err(&self) -> bool;
+    /// Sends the answer as staged.
+    fn send(self: Box<Self>);
+    /// Sends `err` instead.
+    fn fail(self: Box<Self>, err: StoreError);
+}
+
+struct Request<O: Operation> {
+    operation: O,
+    reply: oneshot::Sender<Result<O::Output, StoreError>>,
+}
+
+struct Reply<T> {
+    reply: oneshot::Sender<Result<T, StoreError>>,
+    answer: Result<T, StoreError>,
+}
+
+impl<O: Operation> Queued for Request<O> {
+    fn apply(self: Box<Self>, tx: &mut Transaction<'_>) -> Box<dyn Staged> {
+        let Request { operation, reply } = *self;
+        let answer = in_savepoint(tx, operation);
+        Box::new(Reply { reply, answer })
+    }
+
+    fn fail(self: Box<Self>, err: StoreError) {
+        // The caller may have gone away.
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+impl<T: Send> Staged for Reply<T> {
+    fn is_unavailable(&self) -> bool {
+        matches!(self.answer, Err(StoreError::Unavailable(_)))
+    }
+
+    fn is_err(&self) -> bool {
+        self.answer.is_err()
+    }
+
+    fn send(self: Box<Self>) {
+        // The caller may have gone away; what it did stands regardless.
+        let _ = self.reply.send(self.answer);
+    }
+
+    fn fail(self: Box<Self>, err: StoreError) {
+        let _ = self.reply.send(Err(err));
+    }
+}
+
+/// Whatever does not stand is rolled back to the savepoint (dropping it rolls back).
+fn in_savepoint<O: Operation>(
+    tx: &mut Transaction<'_>,
+    operation: O,
+) -> Result<O::Output, StoreError> {
+    let savepoint = tx.savepoint()?;
+    let (output, keep) = operation.stage(&savepoint)?;
+    if keep {
+        savepoint.commit()?;
+    }
+    Ok(output)
 }
 
 /// The handle on the writer thread. Dropping it stops the thread once every queued job is
@@ -60,7 +139,16 @@ impl Writer {
         })
     }
 
-    /// Queues `job` now, not when the caller first polls: queue order is call order.
+    /// Queues `operation` now, not when the caller first polls: queue order is call order.
+    pub(super) fn queue<O: Operation>(
+        &self,
+        operation: O,
+    ) -> Result<Answer<O::Output>, StoreError> {
+        let (reply, answer) = oneshot::channel();
+        self.submit(Job::Batched(Box::new(Request { operation, reply })))?;
+        Ok(answer)
+    }
+
     pub(super) fn submit(&self, job: Job) -> Result<(), StoreError> {
         let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
         let jobs = jobs.as_ref().ok_or(Failure::Closed)?;
@@ -106,11 +194,11 @@ fn run(mut conn: Connection, queue: &Receiver<Job>, commits: &AtomicU64) -> Resu
     let mut next = None;
     while let Some(job) = next.take().or_else(|| queue.recv().ok()) {
         match job {
-            Job::Write(write, reply) => {
-                let mut batch = vec![(write, reply)];
+            Job::Batched(first) => {
+                let mut batch = vec![first];
                 while batch.len() < MAX_BATCH {
                     match queue.try_recv() {
-                        Ok(Job::Write(write, reply)) => batch.push((write, reply)),
+                        Ok(Job::Batched(queued)) => batch.push(queued),
                         #[cfg(test)]
                         Ok(other) => {
                             next = Some(other);
@@ -136,125 +224,64 @@ fn run(mut conn: Connection, queue: &Receiver<Job>, commits: &AtomicU64) -> Resu
     conn.close().map_err(|(_, err)| err.into())
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<(Write, Reply)>, commits: &AtomicU64) {
+fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Queued>>, commits: &AtomicU64) {
     let mut jobs = batch.into_iter();
     // Normally one transaction; another only if SQLite rolled one back mid-batch.
     while jobs.len() > 0 {
         let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
             Ok(tx) => tx,
-            Err(err) => return answer_all_failed(jobs.map(|(_, reply)| reply), err),
+            Err(err) => {
+                let err = Arc::new(err);
+                return jobs.for_each(|job| job.fail(error::shared(&err)));
+            }
         };
         let mut answers = Vec::with_capacity(jobs.len());
         let mut lost = None;
-        for (write, reply) in jobs.by_ref() {
-            let answer = apply(&mut tx, write);
+        for job in jobs.by_ref() {
+            let answer = job.apply(&mut tx);
             // SQLite rolls the whole transaction back on some errors (FULL, IOERR, NOMEM, BUSY).
             // Going on would run the remaining jobs outside any transaction.
             if tx.is_autocommit() {
-                lost = Some((reply, answer));
+                lost = Some(answer);
                 break;
             }
-            answers.push((reply, answer));
+            answers.push(answer);
         }
-        let Some((reply, answer)) = lost else {
+        let Some(lost) = lost else {
             return commit(tx, answers, commits);
         };
-        let cause = answer
-            .err()
-            .unwrap_or_else(|| Failure::BatchRolledBack.into());
-        let unavailable = matches!(cause, StoreError::Unavailable(_));
-        let _ = reply.send(Err(cause));
-        // Their writes went with the transaction, and their checks are spent: they fail too.
+        let unavailable = lost.is_unavailable();
+        if lost.is_err() {
+            lost.send();
+        } else {
+            lost.fail(Failure::BatchRolledBack.into());
+        }
+        // Their changes went with the transaction, and their checks are spent: they fail too.
         // The jobs not yet run get a fresh transaction.
-        for (reply, _) in answers {
+        for answer in answers {
             let rolled_back = Failure::BatchRolledBack;
-            let _ = reply.send(Err(if unavailable {
+            answer.fail(if unavailable {
                 StoreError::Unavailable(Box::new(rolled_back))
             } else {
                 rolled_back.into()
-            }));
+            });
         }
     }
 }
 
-type Answer = (Reply, Result<WriteOutcome, StoreError>);
-
-fn commit(tx: Transaction<'_>, answers: Vec<Answer>, commits: &AtomicU64) {
+fn commit(tx: Transaction<'_>, answers: Vec<Box<dyn Staged>>, commits: &AtomicU64) {
     match tx.commit() {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
-            for (reply, answer) in answers {
-                // The caller may have gone away; its write stands regardless.
-                let _ = reply.send(answer);
-            }
+            answers.into_iter().for_each(|answer| answer.send());
         }
         // Nothing of the batch is stored, and the checks of later jobs saw the earlier ones, so
         // no answer of this batch holds: every caller gets the error.
-        Err(err) => answer_all_failed(answers.into_iter().map(|(reply, _)| reply), err),
-    }
-}
-
-fn answer_all_failed(replies: impl Iterator<Item = Reply>, err: rusqlite::Error) {
-    let err = Arc::new(err);
-    for reply in replies {
-        let _ = reply.send(Err(error::shared(&err)));
-    }
-}
-
-/// One write in its own savepoint: whatever does not stand is rolled back to it, leaving the
-/// rest of the batch alone.
-fn apply(tx: &mut Transaction<'_>, write: Write) -> Result<WriteOutcome, StoreError> {
-    let savepoint = tx.savepoint()?;
-    let (outcome, keep) = stage(&savepoint, write)?;
-    if keep {
-        savepoint.commit()?;
-    }
-    Ok(outcome)
-}
-
-/// Precondition, check, then the new record; returns whether it was stored.
-fn stage(conn: &Connection, write: Write) -> Result<(WriteOutcome, bool), StoreError> {
-    let Write {
-        mut resource,
-        expected_revision,
-        validate_only,
-        check,
-    } = write;
-    clear_output_fields(&mut resource);
-    let key = resource
-        .entitlement
-        .as_ref()
-        .ok_or(Failure::MissingEntitlement)?;
-    let head = queries::head(conn, key)?;
-    if let Some(expected) = expected_revision {
-        let actual = head.map(|head| head.revision);
-        if actual.unwrap_or(0) != expected {
-            return Err(StoreError::RevisionMismatch { expected, actual });
+        Err(err) => {
+            let err = Arc::new(err);
+            for answer in answers {
+                answer.fail(error::shared(&err));
+            }
         }
     }
-
-    let violations = run_check(check, conn)?;
-    if policy::has_errors(&violations) {
-        return Ok((WriteOutcome::Rejected { violations }, false));
-    }
-
-    // A clock stepped back must not make a revision older than the one it replaces.
-    let update_time = head.map_or(queries::now_micros(), |head| {
-        queries::now_micros().max(head.update_time)
-    });
-    let new = Head {
-        revision: head.map_or(1, |head| head.revision + 1),
-        create_time: head.map_or(update_time, |head| head.create_time),
-        update_time,
-    };
-    if !validate_only {
-        queries::store_revision(conn, key, &prost::Message::encode_to_vec(&resource), new)?;
-    }
-    let record = StoredRevision {
-        revision: new.revision,
-        create_time: queries::time_from_micros(new.create_time)?,
-        update_time: queries::time_from_micros(new.update_time)?,
-        resource,
-    };
-    Ok((WriteOutcome::Written { record, violations }, !validate_only))
 }
