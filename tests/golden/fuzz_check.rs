@@ -256,7 +256,7 @@ impl Lookup for FuzzLookup {
             _ => {}
         }
         let own = hash(&[&entitlement_ref.app_id, &entitlement_ref.entitlement_id]);
-        if own % 5 == 0 {
+        if own.is_multiple_of(5) {
             return Ok(None);
         }
         let picked = self
@@ -268,8 +268,8 @@ impl Lookup for FuzzLookup {
                     &entitlement_ref.entitlement_id,
                     &target.app_id,
                     &target.entitlement_id,
-                ]) % 3
-                    == 0
+                ])
+                .is_multiple_of(3)
             })
             .cloned()
             .collect();
@@ -286,7 +286,7 @@ impl Lookup for FuzzLookup {
             &source.entitlement_id,
             &destination.app_id,
             &destination.entitlement_id,
-        ]) % 2
-            == 0)
+        ])
+        .is_multiple_of(2))
     }
 }

@@ -510,6 +510,17 @@ fn matches(expected: &ExpectedViolation, got: &Got) -> bool {
             .is_none_or(|needle| got.description.contains(needle.as_str()))
 }
 
+fn expected_line(expected: &ExpectedViolation) -> String {
+    let mut line = format!("{} {}", expected.field, expected.reason);
+    if let Some(severity) = &expected.severity {
+        line.push_str(&format!(" {severity}"));
+    }
+    if let Some(needle) = &expected.description_contains {
+        line.push_str(&format!(" (…{needle:?}…)"));
+    }
+    line
+}
+
 fn compare_violations(
     expect: &Expect,
     got: &[Got],
@@ -529,12 +540,7 @@ fn compare_violations(
                 "violations differ\n      expected: {}\n      got:      {}",
                 expected
                     .iter()
-                    .map(|e| format!(
-                        "{} {} {}",
-                        e.field,
-                        e.reason,
-                        e.severity.as_deref().unwrap_or("")
-                    ))
+                    .map(expected_line)
                     .collect::<Vec<_>>()
                     .join("\n                "),
                 got.iter()
