@@ -11,10 +11,15 @@
 //! 3. A mutation that must be refused is refused at its own path: a malformed id is INVALID_ID
 //!    there, a control character in instructions INVALID_TEXT there, a ProvisionPolicy
 //!    emptied of its `typ` REQUIRED there.
+//! 4. Against a real server, ValidateProvisionPolicy and a validate-only SetProvisionPolicy
+//!    agree on every resource, well formed or mutated, with delegations into a small pool of
+//!    stored and bound entitlements: Set succeeds exactly when Validate says valid, with
+//!    Validate's warnings, and otherwise lists Validate's errors.
 //!
 //! Mutations work on the request as a prost-reflect DynamicMessage, so they reach every field
 //! without a hand-written list of them.
 
+mod common;
 #[path = "golden/fuzz_check.rs"]
 mod fuzz_check;
 #[path = "golden/paths.rs"]
@@ -24,6 +29,7 @@ mod protojson;
 
 use proptest::prelude::*;
 use proptest::sample::Index;
+use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use prost::Message;
 use prost_reflect::{DynamicMessage, FieldDescriptor, MapKey, ReflectMessage, Value};
 use provisiond::pb;
@@ -32,6 +38,7 @@ use provisiond::pb::connector_provision::{self, ProvisionType};
 use provisiond::pb::provision_policy::Typ;
 use provisiond::pb::provisioner_assignment::Typ as Assignee;
 use provisiond::policy::{Lookup, LookupError, has_errors, reason, validate};
+use tonic_types::StatusExt;
 
 // === well-formed resources ===
 
@@ -713,5 +720,160 @@ proptest! {
             path,
             describe(&violations)
         );
+    }
+}
+
+// === Validate and Set agree, on a real server ===
+
+/// The entitlements the agreement property delegates to: `pool/e0`…`pool/e5`. The first four
+/// are stored (e3 delegating to e0), e4 and e5 are not; every owner's delegations to them are
+/// rewritten to this pool, so bindings, dangling targets and chains come into play.
+const POOL: usize = 6;
+
+fn pool_target(n: usize) -> pb::EntitlementRef {
+    pb::EntitlementRef {
+        app_id: "pool".to_owned(),
+        entitlement_id: format!("e{n}"),
+    }
+}
+
+fn into_pool(resource: &mut pb::EntitlementProvisionPolicy) {
+    let mut pending: Vec<&mut pb::ProvisionPolicy> = resource
+        .provision_policy
+        .iter_mut()
+        .chain(resource.deprovision_policy.iter_mut())
+        .collect();
+    while let Some(policy) = pending.pop() {
+        match &mut policy.typ {
+            Some(Typ::Delegated(delegated)) => {
+                let n = delegated.entitlement_id.len() % POOL;
+                let target = pool_target(n);
+                delegated.app_id = target.app_id;
+                delegated.entitlement_id = target.entitlement_id;
+            }
+            Some(Typ::MultiStep(multi)) => pending.extend(multi.provision_steps.iter_mut()),
+            _ => {}
+        }
+    }
+}
+
+async fn seed_pool(client: &mut common::Client) {
+    for n in 0..4 {
+        let policy = if n == 3 {
+            policy(Typ::Delegated(pb::DelegatedProvision {
+                app_id: "pool".to_owned(),
+                entitlement_id: "e0".to_owned(),
+                implicit: true,
+            }))
+        } else {
+            common::webhook(&format!("wh-{n}"))
+        };
+        client
+            .set_provision_policy(common::set_request(
+                common::resource(pool_target(n), policy),
+                "",
+            ))
+            .await
+            .expect("seed the pool");
+    }
+}
+
+fn pairs(violations: &[pb::PolicyViolation]) -> Vec<(String, String)> {
+    violations
+        .iter()
+        .map(|v| (v.field.clone(), v.reason.clone()))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_and_a_validate_only_set_agree() {
+    let server = common::TestServer::start().await;
+    let mut client = server.client.clone();
+    seed_pool(&mut client).await;
+    let runtime = tokio::runtime::Handle::current();
+    let strategy = (
+        resource(),
+        prop::collection::vec((mutation(), any::<Index>()), 0..3),
+    );
+    let mut runner = TestRunner::new(RunnerConfig {
+        cases: 192,
+        ..RunnerConfig::default()
+    });
+    let outcome = tokio::task::block_in_place(|| {
+        runner
+            .run(&strategy, |(resource, mutations)| {
+                let mut resource = resource;
+                into_pool(&mut resource);
+                let mut dynamic =
+                    protojson::to_dynamic("SetProvisionPolicyRequest", &request_of(resource));
+                for (mutation, pick) in mutations {
+                    apply(&mut dynamic, mutation, pick);
+                }
+                let mut request = to_request(&dynamic);
+                request.validate_only = true;
+                let mut client = client.clone();
+                runtime.block_on(async move {
+                    let validated = client
+                        .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+                            policy: request.policy.clone(),
+                        })
+                        .await
+                        .map_err(|status| TestCaseError::fail(format!("Validate: {status:?}")))?
+                        .into_inner();
+                    let (errors, warnings): (Vec<_>, Vec<_>) = validated
+                        .violations
+                        .iter()
+                        .cloned()
+                        .partition(|v| v.severity == pb::Severity::Error as i32);
+                    match client.set_provision_policy(request).await {
+                        Ok(set) => {
+                            prop_assert!(
+                                validated.valid,
+                                "Set accepted what Validate refused: {:#?}",
+                                describe(&errors)
+                            );
+                            prop_assert_eq!(pairs(&set.into_inner().warnings), pairs(&warnings));
+                        }
+                        Err(status) => {
+                            prop_assert_eq!(
+                                status.code(),
+                                tonic::Code::InvalidArgument,
+                                "{:?}",
+                                status
+                            );
+                            prop_assert!(
+                                !validated.valid,
+                                "Set refused what Validate accepted: {:?}",
+                                status
+                            );
+                            // The BadRequest lists Validate's errors in order, until it is cut
+                            // short to stay small (the entry that says so has no reason).
+                            let details = status.get_error_details();
+                            let listed: Vec<(String, String)> = details
+                                .bad_request()
+                                .map(|bad| {
+                                    bad.field_violations
+                                        .iter()
+                                        .filter(|v| !v.reason.is_empty())
+                                        .map(|v| (v.field.clone(), v.reason.clone()))
+                                        .collect()
+                                })
+                                .unwrap_or_default();
+                            let expected = pairs(&errors);
+                            prop_assert!(
+                                !listed.is_empty() && expected.starts_with(&listed),
+                                "Set listed {:#?}, Validate {:#?}",
+                                listed,
+                                expected
+                            );
+                        }
+                    }
+                    Ok(())
+                })
+            })
+            .map_err(|failure| failure.to_string())
+    });
+    if let Err(failure) = outcome {
+        panic!("{failure}");
     }
 }
