@@ -18,8 +18,18 @@ pub struct Config {
     #[arg(long, env = "PROVISIOND_DATA_DIR", default_value = "./data")]
     pub data_dir: PathBuf,
 
-    /// The store: `sqlite` (the embedded default, in --data-dir).
-    #[arg(long, env = "PROVISIOND_STORE", default_value = "sqlite")]
+    /// The store: `sqlite` (the embedded default, in --data-dir), or a PostgreSQL URL
+    /// (`postgres://user:password@host:5432/database`) that several replicas share. The
+    /// tables live in the first schema of the session's search_path (choose one with
+    /// `?options=-c%20search_path%3Dmyschema`) and are migrated at start. Connections are
+    /// named `provisiond` in pg_stat_activity unless the URL sets `application_name`.
+    /// (`--help` never shows the variable's value: the URL may hold a password.)
+    #[arg(
+        long,
+        env = "PROVISIOND_STORE",
+        default_value = "sqlite",
+        hide_env_values = true
+    )]
     pub store: String,
 
     /// Log format.

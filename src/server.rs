@@ -15,6 +15,7 @@ use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyServiceServer;
 use crate::service::PolicyService;
 use crate::store::Store;
+use crate::store::postgres::{self, PostgresStore};
 use crate::store::sqlite::{OpenError, SqliteStore};
 
 /// Requests larger than this are refused by tonic (OUT_OF_RANGE) before any of our code runs.
@@ -22,10 +23,12 @@ pub const MAX_REQUEST_BYTES: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
-    #[error("unknown store {0:?}: expected `sqlite`")]
+    #[error("unknown store {0:?}: expected `sqlite` or a `postgres://` URL")]
     UnknownStore(String),
     #[error("cannot open the store: {0}")]
     Open(#[from] OpenError),
+    #[error("cannot open the PostgreSQL store: {0}")]
+    OpenPostgres(#[from] postgres::OpenError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
     #[error("cannot read the listener address: {0}")]
@@ -49,7 +52,21 @@ pub async fn serve(
             tracing::info!(data_dir = %config.data_dir.display(), "opened the SQLite store");
             serve_store(listener, Arc::new(store), config, shutdown).await
         }
-        other => Err(ServeError::UnknownStore(other.to_owned())),
+        url if postgres::is_url(url) => {
+            let store = PostgresStore::open(url).await?;
+            tracing::info!(database = store.target(), "opened the PostgreSQL store");
+            serve_store(listener, Arc::new(store), config, shutdown).await
+        }
+        other => Err(ServeError::UnknownStore(redacted(other))),
+    }
+}
+
+/// A `--store` value fit for a log: a URL loses everything after its scheme (it may hold a
+/// password).
+fn redacted(store: &str) -> String {
+    match store.split_once("://") {
+        Some((scheme, _)) => format!("{scheme}://…"),
+        None => store.to_owned(),
     }
 }
 

@@ -13,6 +13,7 @@
 
 #[cfg(test)]
 pub(crate) mod contract;
+pub mod postgres;
 pub mod record;
 pub mod sqlite;
 

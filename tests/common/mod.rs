@@ -1,6 +1,7 @@
 //! A provisiond served in-process through `server::serve` on 127.0.0.1:0, with the generated client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod postgres;
 pub mod process;
 
 use std::net::SocketAddr;

@@ -1,0 +1,688 @@
+//! The writer thread and its group commit. Every mutation of every replica holds one advisory
+//! lock for its transaction, which orders them across replicas like SQLite's single writer; so
+//! that the lock (and the COMMIT's WAL flush) is paid per batch, not per write, the writer drains
+//! every queued mutation into one transaction, a savepoint each, commits once and only then
+//! answers each caller.
+//!
+//! The thread owns one connection and a current-thread runtime that drives it: a check is
+//! synchronous caller code whose lookups block on queries, which the thread can do without
+//! tying up the server's runtime.
+
+use std::cell::Cell;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use prost::Message;
+use tokio::runtime::Runtime;
+use tokio::sync::oneshot;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Client, NoTls};
+
+use super::error::{self, Failure, OpenError, chain, connection_lost};
+use super::locks::LockKey;
+use super::lookup::{Blocker, LookupStatements, run_check};
+use super::queries::{self, Statements, id_arrays};
+use crate::pb;
+use crate::policy;
+use crate::store::record::clear_output_fields;
+use crate::store::{StoreError, StoredBinding, StoredRevision, Write, WriteOutcome};
+
+/// The most mutations one transaction holds: bounds how long the first caller of a batch waits
+/// for the others' checks, and how long other replicas wait for the lock. PostgreSQL caches 64
+/// subtransaction ids per session; past that, every other session's snapshot taken while the
+/// batch is open gets slower (it "overflows"), so a batch stays within one savepoint per id.
+const MAX_BATCH: usize = 64;
+
+/// How long the writer waits for one statement before it gives the connection up. The server's
+/// own limits below fire first; this one covers a server or network that went silent.
+const STATEMENT_LIMIT: Duration = Duration::from_secs(30);
+
+/// A writer waiting this long for the lock fails its batch (UNAVAILABLE) instead of queueing
+/// behind a stuck replica; a replica that stalls inside its transaction loses its session (and
+/// the lock) after the second limit.
+const SESSION_SETTINGS: &str =
+    "SET lock_timeout = '20s'; SET idle_in_transaction_session_timeout = '60s'";
+
+/// A mutation the writer applies.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per mutation; boxing would only add an allocation"
+)]
+pub(super) enum Op {
+    Write(Write),
+    CreateBinding {
+        source: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+        implicit: bool,
+    },
+    DeleteBinding {
+        source: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+    },
+}
+
+/// What an [`Op`] came to when the store did not fail.
+#[derive(Debug)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per write; boxing would only add an allocation"
+)]
+pub(super) enum Done {
+    Written(WriteOutcome),
+    Created(StoredBinding),
+    Deleted,
+}
+
+pub(super) type Reply = oneshot::Sender<Result<Done, StoreError>>;
+
+#[allow(
+    clippy::large_enum_variant,
+    reason = "the small variant exists only in tests"
+)]
+pub(super) enum Job {
+    Op(Op, Reply),
+    /// Runs on the writer thread between batches: lets tests hold the writer or reach its
+    /// session.
+    #[cfg(test)]
+    Run(Box<dyn FnOnce(&mut Session) + Send>),
+}
+
+/// The handle on the writer thread. Dropping it stops the thread once every queued job is
+/// answered.
+pub(super) struct Writer {
+    jobs: Mutex<Option<Sender<Job>>>,
+    thread: Mutex<Option<JoinHandle<()>>>,
+    commits: Arc<AtomicU64>,
+}
+
+impl Writer {
+    /// Starts the thread and its first connection; fails as the connection does.
+    pub(super) async fn spawn(config: tokio_postgres::Config) -> Result<Self, OpenError> {
+        let (jobs, queue) = mpsc::channel();
+        let (ready, connected) = oneshot::channel();
+        let commits = Arc::new(AtomicU64::new(0));
+        let thread = std::thread::Builder::new()
+            .name("provisiond-postgres-writer".into())
+            .spawn({
+                let commits = Arc::clone(&commits);
+                move || {
+                    let runtime = match tokio::runtime::Builder::new_current_thread()
+                        .enable_all()
+                        .build()
+                    {
+                        Ok(runtime) => runtime,
+                        Err(err) => {
+                            let _ = ready.send(Err(OpenError::Spawn(err)));
+                            return;
+                        }
+                    };
+                    let mut session = Session::new(runtime, config);
+                    match session.connect() {
+                        Ok(()) => {
+                            let _ = ready.send(Ok(()));
+                        }
+                        Err(err) => {
+                            let _ = ready.send(Err(err.into_open_error(&session.config)));
+                            return;
+                        }
+                    }
+                    run(session, &queue, &commits);
+                }
+            })
+            .map_err(OpenError::Spawn)?;
+        let started = connected
+            .await
+            .unwrap_or_else(|_| Err(OpenError::Spawn(std::io::Error::other("writer panicked"))));
+        let writer = Self {
+            jobs: Mutex::new(Some(jobs)),
+            thread: Mutex::new(Some(thread)),
+            commits,
+        };
+        started.map(|()| writer)
+    }
+
+    /// Queues `job` now, not when the caller first polls: queue order is call order.
+    pub(super) fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
+        let jobs = jobs.as_ref().ok_or(Failure::Closed)?;
+        jobs.send(job).map_err(|_| Failure::WriterStopped.into())
+    }
+
+    pub(super) fn commits(&self) -> u64 {
+        self.commits.load(Ordering::Relaxed)
+    }
+
+    /// Closes the queue and hands back the thread, which exits after answering every job
+    /// already queued. `None` once stopped.
+    pub(super) fn stop(&self) -> Option<JoinHandle<()>> {
+        drop(
+            self.jobs
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        self.thread
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if let Some(thread) = self.stop()
+            && thread.join().is_err()
+        {
+            tracing::error!("the PostgreSQL writer thread panicked");
+        }
+    }
+}
+
+/// Why the writer could not (re)connect.
+enum ConnectFailure {
+    Postgres(tokio_postgres::Error),
+    NoSchema,
+}
+
+impl ConnectFailure {
+    fn into_open_error(self, config: &tokio_postgres::Config) -> OpenError {
+        match self {
+            Self::Postgres(source) => OpenError::Connect {
+                target: super::describe(config),
+                source,
+            },
+            Self::NoSchema => OpenError::NoSchema,
+        }
+    }
+}
+
+impl From<ConnectFailure> for StoreError {
+    fn from(failure: ConnectFailure) -> Self {
+        match failure {
+            ConnectFailure::Postgres(err) => err.into(),
+            ConnectFailure::NoSchema => Failure::NoSchema.into(),
+        }
+    }
+}
+
+/// The writer's connection with what it prepared.
+pub(super) struct Conn {
+    client: Client,
+    statements: Statements,
+    /// BEGIN and the write lock, one round trip.
+    begin: String,
+    /// The server process of the connection, for tests that end it.
+    #[cfg_attr(not(test), expect(dead_code, reason = "read by tests"))]
+    pid: i32,
+}
+
+impl Conn {
+    fn lookup_statements(&self) -> LookupStatements<'_> {
+        LookupStatements {
+            delegation_targets: &self.statements.delegation_targets,
+            binding_exists: &self.statements.binding_exists,
+        }
+    }
+}
+
+/// The writer thread's state: its runtime, its connection (`None` until reconnected), and
+/// whether the connection was found broken.
+pub(super) struct Session {
+    runtime: Runtime,
+    config: tokio_postgres::Config,
+    conn: Option<Conn>,
+    broken: Cell<bool>,
+    /// Runs just before the next COMMIT, with the server process id of the connection.
+    #[cfg(test)]
+    pub(super) before_commit: Option<Box<dyn FnOnce(i32) + Send>>,
+}
+
+#[expect(
+    clippy::large_enum_variant,
+    reason = "moved once per mutation; boxing would only add an allocation"
+)]
+enum Step {
+    /// The job's answer; the transaction goes on.
+    Applied(Result<Done, StoreError>),
+    /// The transaction is gone; the job failed with this.
+    Lost(StoreError),
+}
+
+impl Blocker for Session {
+    fn block<T>(
+        &self,
+        query: impl Future<Output = Result<T, tokio_postgres::Error>>,
+    ) -> Result<T, StoreError> {
+        // The timer is made inside `block_on`, in the runtime's context.
+        match self
+            .runtime
+            .block_on(async { tokio::time::timeout(STATEMENT_LIMIT, query).await })
+        {
+            Ok(Ok(value)) => Ok(value),
+            Ok(Err(err)) => {
+                if connection_lost(&err) {
+                    self.broken.set(true);
+                }
+                Err(err.into())
+            }
+            Err(_elapsed) => {
+                // The statement may still run; the connection is in an unknown state.
+                self.broken.set(true);
+                Err(Failure::Timeout(STATEMENT_LIMIT).into())
+            }
+        }
+    }
+}
+
+impl Session {
+    fn new(runtime: Runtime, config: tokio_postgres::Config) -> Self {
+        Self {
+            runtime,
+            config,
+            conn: None,
+            broken: Cell::new(false),
+            #[cfg(test)]
+            before_commit: None,
+        }
+    }
+
+    #[cfg(test)]
+    pub(super) fn pid(&self) -> Option<i32> {
+        self.conn.as_ref().map(|conn| conn.pid)
+    }
+
+    fn connect(&mut self) -> Result<(), ConnectFailure> {
+        self.conn = None;
+        self.broken.set(false);
+        let runtime = &self.runtime;
+        let (client, connection) = runtime
+            .block_on(self.config.connect(NoTls))
+            .map_err(ConnectFailure::Postgres)?;
+        runtime.spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::warn!(error = %chain(&err), "the PostgreSQL writer connection failed");
+            }
+        });
+        let prepared = runtime.block_on(async {
+            client.batch_execute(SESSION_SETTINGS).await?;
+            let row = client
+                .query_one("SELECT current_schema(), pg_backend_pid()", &[])
+                .await?;
+            let statements = Statements::prepare(&client).await?;
+            Ok::<_, tokio_postgres::Error>((row.try_get(0)?, row.try_get(1)?, statements))
+        });
+        let (schema, pid, statements): (Option<String>, i32, _) =
+            prepared.map_err(ConnectFailure::Postgres)?;
+        let lock = LockKey::write(&schema.ok_or(ConnectFailure::NoSchema)?);
+        self.conn = Some(Conn {
+            client,
+            statements,
+            begin: format!(
+                "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({}, {})",
+                lock.class, lock.object
+            ),
+            pid,
+        });
+        Ok(())
+    }
+
+    fn drop_connection(&mut self) {
+        self.conn = None;
+        self.broken.set(false);
+    }
+
+    /// Opens the batch's transaction and takes the write lock. A connection found broken here
+    /// is replaced once at once: nothing of the batch has run, so trying again is safe.
+    fn begin(&mut self) -> Result<(), StoreError> {
+        let mut retried = false;
+        loop {
+            let usable = !self.broken.get()
+                && self
+                    .conn
+                    .as_ref()
+                    .is_some_and(|conn| !conn.client.is_closed());
+            if !usable {
+                if self.conn.is_some() {
+                    tracing::warn!("the PostgreSQL writer connection was lost; reconnecting");
+                }
+                self.connect()?;
+            }
+            let conn = self.conn.as_ref().expect("connected");
+            match self.block(conn.client.batch_execute(&conn.begin)) {
+                Ok(()) => return Ok(()),
+                Err(_) if self.broken.get() && !retried => retried = true,
+                Err(err) => {
+                    self.abandon();
+                    return Err(err);
+                }
+            }
+        }
+    }
+
+    /// Ends a transaction that will not commit: rolled back, or the connection dropped.
+    fn abandon(&mut self) {
+        if !self.broken.get()
+            && let Some(conn) = &self.conn
+            && self.block(conn.client.batch_execute("ROLLBACK")).is_ok()
+        {
+            return;
+        }
+        self.drop_connection();
+    }
+
+    /// One mutation in its own savepoint: whatever does not stand is rolled back to it, leaving
+    /// the rest of the batch alone. The savepoint is sent with the job's first statement and
+    /// never released (COMMIT keeps what stood; `ROLLBACK TO` finds the innermost savepoint of
+    /// the name, the job's own): a plain write costs two round trips, a conflict one.
+    fn apply(&self, op: Op) -> Step {
+        let conn = self.conn.as_ref().expect("in a transaction");
+        let staged = match op {
+            Op::Write(write) => self.stage_write(conn, write),
+            Op::CreateBinding {
+                source,
+                destination,
+                implicit,
+            } => self.stage_create(conn, source, destination, implicit),
+            Op::DeleteBinding {
+                source,
+                destination,
+            } => self.stage_delete(conn, source, destination),
+        };
+        let (answer, undo) = match staged {
+            Ok((done, undo)) => (Ok(done), undo),
+            Err(err) if self.broken.get() => return Step::Lost(err),
+            // Each is found before the job changes anything.
+            Err(
+                err @ (StoreError::RevisionMismatch { .. }
+                | StoreError::AlreadyExists
+                | StoreError::NotFound
+                | StoreError::InUse { .. }),
+            ) => (Err(err), false),
+            Err(err) => (Err(err), true),
+        };
+        if !undo {
+            return Step::Applied(answer);
+        }
+        match self.block(conn.client.batch_execute("ROLLBACK TO SAVEPOINT job")) {
+            Ok(()) => Step::Applied(answer),
+            Err(undo_failed) => Step::Lost(answer.err().unwrap_or(undo_failed)),
+        }
+    }
+
+    /// Precondition, implicit bindings, check, then the new record and its edges; returns
+    /// whether the savepoint holds changes to undo (implicit bindings of a write that does not
+    /// stand).
+    fn stage_write(&self, conn: &Conn, write: Write) -> Result<(Done, bool), StoreError> {
+        let Write {
+            mut resource,
+            delegation_targets,
+            implicit_binding_sources,
+            expected_revision,
+            validate_only,
+            check,
+        } = write;
+        clear_output_fields(&mut resource);
+        let key = resource
+            .entitlement
+            .clone()
+            .ok_or(Failure::MissingEntitlement)?;
+        let (client, statements) = (&conn.client, &conn.statements);
+        let key_params: [&(dyn ToSql + Sync); 2] = [&key.app_id, &key.entitlement_id];
+        let (_, head) = self.block(async {
+            tokio::try_join!(
+                client.batch_execute("SAVEPOINT job"),
+                client.query_one(&statements.head, &key_params),
+            )
+        })?;
+        let now: i64 = head.try_get(0)?;
+        let current: Option<i64> = head.try_get(1)?;
+        let created: Option<i64> = head.try_get(2)?;
+        let updated: Option<i64> = head.try_get(3)?;
+        if let Some(expected) = expected_revision
+            && current.unwrap_or(0) != expected
+        {
+            return Err(StoreError::RevisionMismatch {
+                expected,
+                actual: current,
+            });
+        }
+
+        if !implicit_binding_sources.is_empty() {
+            let (apps, entitlements) = id_arrays(&implicit_binding_sources);
+            self.block(client.execute(
+                &statements.insert_implicit_bindings,
+                &[&apps, &entitlements, &key.app_id, &key.entitlement_id],
+            ))?;
+        }
+
+        let violations = run_check(check, client, conn.lookup_statements(), self)?;
+        let created_bindings = !implicit_binding_sources.is_empty();
+        if policy::has_errors(&violations) {
+            let outcome = WriteOutcome::Rejected { violations };
+            return Ok((Done::Written(outcome), created_bindings));
+        }
+
+        // A clock stepped back must not make a revision older than the one it replaces.
+        let update_time = updated.map_or(now, |updated| now.max(updated));
+        let revision = current.map_or(1, |current| current + 1);
+        let create_time = created.unwrap_or(update_time);
+        if !validate_only {
+            let bytes = resource.encode_to_vec();
+            let (apps, entitlements) = id_arrays(&delegation_targets);
+            let [app_id, entitlement_id] = key_params;
+            let revision_params: [&(dyn ToSql + Sync); 5] =
+                [app_id, entitlement_id, &revision, &bytes, &update_time];
+            let policy_params: [&(dyn ToSql + Sync); 6] = [
+                app_id,
+                entitlement_id,
+                &bytes,
+                &revision,
+                &create_time,
+                &update_time,
+            ];
+            let edge_params: [&(dyn ToSql + Sync); 4] =
+                [app_id, entitlement_id, &apps, &entitlements];
+            // Pipelined: one round trip for the four statements.
+            self.block(async {
+                tokio::try_join!(
+                    client.execute(&statements.insert_revision, &revision_params),
+                    client.execute(&statements.upsert_policy, &policy_params),
+                    client.execute(&statements.delete_edges, &key_params),
+                    async {
+                        if apps.is_empty() {
+                            return Ok(0);
+                        }
+                        client.execute(&statements.insert_edges, &edge_params).await
+                    },
+                )
+            })?;
+        }
+        let record = StoredRevision {
+            resource,
+            revision,
+            create_time: queries::time_from_micros(create_time)?,
+            update_time: queries::time_from_micros(update_time)?,
+        };
+        let outcome = WriteOutcome::Written { record, violations };
+        Ok((Done::Written(outcome), validate_only && created_bindings))
+    }
+
+    fn stage_create(
+        &self,
+        conn: &Conn,
+        source: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+        implicit: bool,
+    ) -> Result<(Done, bool), StoreError> {
+        let client = &conn.client;
+        let params: [&(dyn ToSql + Sync); 5] = [
+            &source.app_id,
+            &source.entitlement_id,
+            &destination.app_id,
+            &destination.entitlement_id,
+            &implicit,
+        ];
+        let (_, row) = self.block(async {
+            tokio::try_join!(
+                client.batch_execute("SAVEPOINT job"),
+                client.query_opt(&conn.statements.create_binding, &params),
+            )
+        })?;
+        let row = row.ok_or(StoreError::AlreadyExists)?;
+        let create_time = queries::time_from_micros(row.try_get(0)?)?;
+        let binding = StoredBinding {
+            source,
+            destination,
+            implicit,
+            create_time,
+        };
+        Ok((Done::Created(binding), false))
+    }
+
+    fn stage_delete(
+        &self,
+        conn: &Conn,
+        source: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+    ) -> Result<(Done, bool), StoreError> {
+        let client = &conn.client;
+        let params: [&(dyn ToSql + Sync); 4] = [
+            &source.app_id,
+            &source.entitlement_id,
+            &destination.app_id,
+            &destination.entitlement_id,
+        ];
+        let (_, row) = self.block(async {
+            tokio::try_join!(
+                client.batch_execute("SAVEPOINT job"),
+                client.query_one(&conn.statements.delete_binding, &params),
+            )
+        })?;
+        let (found, used): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
+        if !found {
+            return Err(StoreError::NotFound);
+        }
+        if used {
+            // Only the destination's own resource can delegate through a binding into it.
+            return Err(StoreError::InUse {
+                dependents: vec![destination],
+            });
+        }
+        Ok((Done::Deleted, false))
+    }
+
+    /// Commits the batch and answers it. A COMMIT that fails, or whose answer is lost with the
+    /// connection, fails every job: an outcome we cannot know is never acknowledged.
+    fn commit(&mut self, answers: Vec<(Reply, Result<Done, StoreError>)>, commits: &AtomicU64) {
+        #[cfg(test)]
+        if let (Some(hook), Some(pid)) = (self.before_commit.take(), self.pid()) {
+            hook(pid);
+        }
+        let conn = self.conn.as_ref().expect("in a transaction");
+        match self.block(conn.client.batch_execute("COMMIT")) {
+            Ok(()) => {
+                commits.fetch_add(1, Ordering::Relaxed);
+                for (reply, answer) in answers {
+                    // The caller may have gone away; its write stands regardless.
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    writes = answers.len(),
+                    "COMMIT failed; every write of the batch is answered as failed"
+                );
+                if self.broken.get() {
+                    self.drop_connection();
+                }
+                answer_all_failed(answers.into_iter().map(|(reply, _)| reply), err);
+            }
+        }
+    }
+
+    fn close(mut self) {
+        self.drop_connection();
+    }
+}
+
+fn run(mut session: Session, queue: &Receiver<Job>, commits: &AtomicU64) {
+    let mut next = None;
+    while let Some(job) = next.take().or_else(|| queue.recv().ok()) {
+        match job {
+            Job::Op(op, reply) => {
+                let mut batch = vec![(op, reply)];
+                while batch.len() < MAX_BATCH {
+                    match queue.try_recv() {
+                        Ok(Job::Op(op, reply)) => batch.push((op, reply)),
+                        #[cfg(test)]
+                        Ok(other) => {
+                            next = Some(other);
+                            break;
+                        }
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    }
+                }
+                commit_batch(&mut session, batch, commits);
+            }
+            #[cfg(test)]
+            Job::Run(task) => task(&mut session),
+        }
+    }
+    session.close();
+}
+
+fn commit_batch(session: &mut Session, batch: Vec<(Op, Reply)>, commits: &AtomicU64) {
+    let mut jobs = batch.into_iter();
+    // Normally one transaction; another only if the first was lost mid-batch.
+    while jobs.len() > 0 {
+        if let Err(err) = session.begin() {
+            tracing::warn!(
+                error = &err as &dyn std::error::Error,
+                "cannot start a PostgreSQL write transaction"
+            );
+            return answer_all_failed(jobs.map(|(_, reply)| reply), err);
+        }
+        let mut answers = Vec::with_capacity(jobs.len());
+        let mut lost = None;
+        for (op, reply) in jobs.by_ref() {
+            match session.apply(op) {
+                Step::Applied(answer) => answers.push((reply, answer)),
+                Step::Lost(err) => {
+                    lost = Some((reply, err));
+                    break;
+                }
+            }
+        }
+        let Some((reply, cause)) = lost else {
+            return session.commit(answers, commits);
+        };
+        tracing::warn!(
+            error = &cause as &dyn std::error::Error,
+            "a PostgreSQL write transaction was lost mid-batch"
+        );
+        let unavailable = matches!(cause, StoreError::Unavailable(_));
+        let _ = reply.send(Err(cause));
+        // Their writes went with the transaction, and their checks are spent: they fail too.
+        // The jobs not yet run get a fresh transaction.
+        for (reply, _) in answers {
+            let rolled_back = Failure::BatchRolledBack;
+            let _ = reply.send(Err(if unavailable {
+                StoreError::Unavailable(Box::new(rolled_back))
+            } else {
+                rolled_back.into()
+            }));
+        }
+        session.abandon();
+    }
+}
+
+fn answer_all_failed(replies: impl Iterator<Item = Reply>, err: StoreError) {
+    let each = error::shared(err);
+    for reply in replies {
+        let _ = reply.send(Err(each()));
+    }
+}
