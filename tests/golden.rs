@@ -1,5 +1,5 @@
 //! The golden bad-input suite: `tests/golden/cases.json`, run in order against one server on
-//! 127.0.0.1:0 (see `tests/golden/README.md`). Also the body of the fuzz target over the same
+//! 127.0.0.1:0, on SQLite and (when configured) PostgreSQL (see `tests/golden/README.md`). Also the body of the fuzz target over the same
 //! requests, and the writer of the fuzz seed corpus.
 
 mod common;
@@ -21,10 +21,8 @@ fn cases_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/cases.json")
 }
 
-#[tokio::test]
-async fn golden_cases() {
+async fn run_golden_cases(server: &common::TestServer) {
     let file = runner::load(&cases_path());
-    let server = common::TestServer::start().await;
     let mut client = server.client.clone();
     let failures = runner::run(&mut client, &file).await;
     assert!(
@@ -34,6 +32,24 @@ async fn golden_cases() {
         file.cases.len(),
         failures.join("\n\n")
     );
+}
+
+#[tokio::test]
+async fn golden_cases() {
+    run_golden_cases(&common::TestServer::start().await).await;
+}
+
+/// The same cases on the PostgreSQL store, when `PROVISIOND_TEST_POSTGRES_URL` names a test
+/// database (CI sets it); a schema of its own, dropped afterwards.
+#[tokio::test]
+async fn golden_cases_on_postgres() {
+    let Some(schema) = common::postgres::TestSchema::create() else {
+        return;
+    };
+    let url = schema.store_url();
+    let server = common::TestServer::start_with(|config| config.store = url).await;
+    run_golden_cases(&server).await;
+    server.stop().await;
 }
 
 /// Every reason of DESIGN.md 2.4 and every error code of the RPCs has a case, so the file does
