@@ -4,7 +4,7 @@ SHELL := /bin/bash
 VENV := .venv
 PYTHON ?= python3
 
-.PHONY: run test tools lint check-fmt clippy unit bench bench-tools
+.PHONY: run test tools lint check-fmt clippy unit bench bench-tools fuzz fuzz-build
 
 run:
 	cargo run --release
@@ -46,3 +46,20 @@ bench: bench-tools
 bench-tools:
 	@command -v h2load >/dev/null && command -v nghttp >/dev/null || \
 	  { apt-get update && apt-get install -y nghttp2-client; }
+
+# Fuzzing (fuzz/README.md): needs the nightly toolchain and cargo-fuzz, neither of which
+# `make test` needs. The seed corpus is written from the golden cases and the example policies
+# first (fuzz/corpus is git-ignored). FUZZ_SECONDS=0 runs until stopped.
+FUZZ_TARGET ?= check_policy
+FUZZ_SECONDS ?= 300
+
+fuzz: fuzz-build
+	PROVISIOND_FUZZ_CORPUS=$(CURDIR)/fuzz/corpus/$(FUZZ_TARGET) cargo test --test golden write_fuzz_corpus -- --exact
+	cargo +nightly fuzz run $(FUZZ_TARGET) fuzz/corpus/$(FUZZ_TARGET) -- \
+		-max_total_time=$(FUZZ_SECONDS) -rss_limit_mb=2048 -timeout=10
+
+fuzz-build:
+	@rustup run nightly rustc --version >/dev/null 2>&1 || \
+		{ echo "make fuzz needs a nightly toolchain: rustup toolchain install nightly"; exit 1; }
+	@cargo fuzz --version >/dev/null 2>&1 || cargo install cargo-fuzz --locked
+	cargo +nightly fuzz build $(FUZZ_TARGET)

@@ -52,9 +52,13 @@ pub(super) fn check(
         lookup,
         targets: HashMap::new(),
     };
+    // Storing the resource creates these bindings first (the write does it before the check):
+    // another delegation to the same target needs no binding of its own, as in the write.
+    let implicitly_bound = edges(resource).implicit_sources;
     for (path, delegated) in targets(resource) {
         let target = target_of(delegated);
-        if !delegated.implicit && !lookup.binding_exists(&target, owner)? {
+        let bound = delegated.implicit || implicitly_bound.contains(&target);
+        if !bound && !lookup.binding_exists(&target, owner)? {
             violations.error(
                 &path,
                 reason::MISSING_PROXY_BINDING,
