@@ -36,11 +36,13 @@ clippy:
 # and provisiond in interleaved rounds, figures written to BENCHMARKS.md (generated: never edit
 # it by hand). About 8 minutes on 2 cores. BENCH_ARGS passes options to bench-run, e.g.
 # `make bench BENCH_ARGS="--rounds 3 --seconds 3"` (see `target/release/bench-run --help`).
+# PROVISIOND_BENCH_POSTGRES_URL (environment or make variable) adds the PostgreSQL figures.
 BENCH_ARGS ?=
 
 bench: bench-tools
 	cargo build --release -p provisiond -p provisiond-bench --bins
-	target/release/bench-run --out BENCHMARKS.md $(BENCH_ARGS)
+	target/release/bench-run --out BENCHMARKS.md $(BENCH_ARGS) \
+	  $(if $(PROVISIOND_BENCH_POSTGRES_URL),--postgres '$(PROVISIOND_BENCH_POSTGRES_URL)')
 
 # h2load and nghttp (Debian's nghttp2-client); the machine runs as root.
 bench-tools:

@@ -4,12 +4,14 @@
 //! 1. Seeds a data dir with N policies through the store API (concurrent writes, group-committed).
 //! 2. Starts the echo ceiling and provisiond (release builds next to this binary).
 //! 3. Checks every request body once: gRPC status OK (nghttp) and the DATA bytes of the reply.
-//! 4. Runs interleaved rounds: for Get, Validate and Set, echo then provisiond, at 32 in flight
-//!    (h2load `-c 4 -m 8 -t 1` for Get and Validate, `bench-load` for Set).
+//! 4. Runs interleaved rounds: for Get, Validate and Set, echo then provisiond (then provisiond
+//!    on PostgreSQL, with `--postgres`: seeded the same way in a schema of its own), at 32 in
+//!    flight (h2load `-c 4 -m 8 -t 1` for Get and Validate, `bench-load` for Set).
 //! 5. Measures start to SERVING and memory with 0, N and 100,000 stored policies.
 //! 6. Prints the figures and writes them to `--out`.
 
 mod h2load;
+mod postgres;
 mod report;
 mod servers;
 
@@ -21,6 +23,7 @@ use clap::Parser;
 use prost::Message;
 use provisiond::pb;
 use provisiond::pb::provision_policy_service_client::ProvisionPolicyServiceClient;
+use provisiond::store::postgres::PostgresStore;
 use provisiond::store::sqlite::SqliteStore;
 use provisiond::store::{Store, Write, WriteOutcome};
 use provisiond_bench::fixtures;
@@ -57,6 +60,10 @@ pub struct Args {
     /// running h2load or a profiler by hand.
     #[arg(long, requires = "work_dir")]
     bodies_only: bool,
+    /// Also measure provisiond on this PostgreSQL database (e.g.
+    /// postgres://postgres@127.0.0.1:5432/test), in a schema of its own dropped at the end.
+    #[arg(long, env = "PROVISIOND_BENCH_POSTGRES_URL")]
+    postgres: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -89,13 +96,21 @@ pub struct Sample {
     pub failed: u64,
 }
 
-/// Echo then provisiond, in the same round.
+/// Echo then provisiond (then provisiond on PostgreSQL, with `--postgres`), in the same round.
 #[derive(Debug, Clone, Copy)]
 pub struct Pair {
     pub round: usize,
     pub rpc: Rpc,
     pub echo: Sample,
     pub service: Sample,
+    pub postgres: Option<Sample>,
+}
+
+/// The PostgreSQL server of `--postgres`.
+pub struct PostgresRun {
+    /// Version, synchronous_commit and fsync.
+    pub settings: String,
+    pub seed_time: Duration,
 }
 
 /// Start to SERVING and memory with a given number of stored policies.
@@ -117,6 +132,7 @@ pub struct Run {
     pub get_reply_bytes: usize,
     pub validate_reply_bytes: usize,
     pub echo_get_reply_bytes: usize,
+    pub postgres: Option<PostgresRun>,
     pub started: std::time::SystemTime,
     /// /proc/loadavg before and after: other work on the machine skews every figure.
     pub load_before: String,
@@ -222,7 +238,10 @@ impl Bench {
 
         let data = self.work.join(DATA_DIRS[0]);
         progress(format!("seeding {} policies", self.args.policies));
-        let seed_time = block_on(seed(&data, self.args.policies));
+        let seed_time = block_on(seed(
+            async { SqliteStore::open(&data).expect("open the store to seed") },
+            self.args.policies,
+        ));
         let mut main_size = self.startup_figures(&data, self.args.policies);
         main_size.seed_time = Some(seed_time);
 
@@ -234,16 +253,54 @@ impl Bench {
         ));
         let replies = block_on(check_replies(&echo, &service, &bodies));
 
+        // Declared before its server, so dropped after it, also when the run fails.
+        let schema = self
+            .args
+            .postgres
+            .as_deref()
+            .map(|url| postgres::Schema::create(url, self.salt));
+        let mut postgres_run = None;
+        let postgres = schema.as_ref().map(|schema| {
+            let url = schema.store_url();
+            progress(format!(
+                "seeding {} policies in PostgreSQL schema {}",
+                self.args.policies, schema.name
+            ));
+            let seed_time = block_on(seed(
+                async {
+                    PostgresStore::open(&url)
+                        .await
+                        .expect("open the PostgreSQL store to seed")
+                },
+                self.args.policies,
+            ));
+            postgres_run = Some(PostgresRun {
+                settings: schema.settings(),
+                seed_time,
+            });
+            let server = block_on(Server::provisiond_postgres(
+                &self.tools.provisiond,
+                &url,
+                &self.work.join("provisiond-postgres.log"),
+            ));
+            block_on(check_replies(&echo, &server, &bodies));
+            server
+        });
+
         let mut pairs = Vec::new();
         for round in 1..=self.args.rounds {
             for rpc in Rpc::ALL {
                 let echo_sample = self.measure(rpc, &echo, &bodies);
                 let service_sample = self.measure(rpc, &service, &bodies);
+                let postgres_sample = postgres
+                    .as_ref()
+                    .map(|server| self.measure(rpc, server, &bodies));
                 let pair = Pair {
                     round,
                     rpc,
                     echo: echo_sample,
                     service: service_sample,
+                    postgres: postgres_sample,
                 };
                 progress(report::pair_line(&pair));
                 pairs.push(pair);
@@ -252,13 +309,20 @@ impl Bench {
         main_size.after_load = Some(service.memory());
         echo.stop();
         service.stop();
+        if let Some(server) = postgres {
+            server.stop();
+        }
+        drop(schema);
         main_size.disk_bytes = dir_bytes(&data);
 
         let empty = self.startup_figures(&self.work.join(DATA_DIRS[1]), 0);
 
         let big_data = self.work.join(DATA_DIRS[2]);
         progress(format!("seeding {} policies", self.args.big_policies));
-        let big_seed = block_on(seed(&big_data, self.args.big_policies));
+        let big_seed = block_on(seed(
+            async { SqliteStore::open(&big_data).expect("open the store to seed") },
+            self.args.big_policies,
+        ));
         let mut big = self.startup_figures(&big_data, self.args.big_policies);
         big.seed_time = Some(big_seed);
         let service = block_on(Server::provisiond(
@@ -281,6 +345,7 @@ impl Bench {
             get_reply_bytes: replies.0,
             validate_reply_bytes: replies.1,
             echo_get_reply_bytes: replies.2,
+            postgres: postgres_run,
             started,
             elapsed: clock.elapsed(),
             load_before,
@@ -401,12 +466,12 @@ impl Bench {
     }
 }
 
-/// Writes `count` policies (keys 0..count, the five-step fixture) into a new store in
-/// `data_dir`, many writes queued at once so that the writer group-commits them, then closes it
-/// (which checkpoints the WAL into the database file).
-async fn seed(data_dir: &Path, count: u64) -> Duration {
+/// Opens a new store and writes `count` policies (keys 0..count, the five-step fixture) into
+/// it, many writes queued at once so that the writer group-commits them, then closes it (which,
+/// for SQLite, checkpoints the WAL into the database file).
+async fn seed<S: Store>(open: impl std::future::Future<Output = S>, count: u64) -> Duration {
     let started = Instant::now();
-    let store = SqliteStore::open(data_dir).expect("open the store to seed");
+    let store = open.await;
     let mut next = 0;
     while next < count {
         let end = (next + 4096).min(count);

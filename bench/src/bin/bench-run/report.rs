@@ -61,10 +61,19 @@ struct Summary {
     echo_failed: u64,
 }
 
-fn summarize(pairs: &[Pair], rpc: Rpc) -> Summary {
-    let pairs: Vec<&Pair> = pairs.iter().filter(|pair| pair.rpc == rpc).collect();
+/// provisiond on SQLite, or on PostgreSQL: the sample of a pair to summarize.
+type Side = fn(&Pair) -> Option<Sample>;
+const SQLITE: Side = |pair| Some(pair.service);
+const POSTGRES: Side = |pair| pair.postgres;
+
+fn summarize(pairs: &[Pair], rpc: Rpc, side: Side) -> Summary {
+    let pairs: Vec<Pair> = pairs
+        .iter()
+        .filter(|pair| pair.rpc == rpc)
+        .filter_map(|pair| side(pair).map(|service| Pair { service, ..*pair }))
+        .collect();
     let pick = |f: &dyn Fn(&Pair) -> f64| -> f64 {
-        let mut values: Vec<f64> = pairs.iter().map(|pair| f(pair)).collect();
+        let mut values: Vec<f64> = pairs.iter().map(f).collect();
         median(&mut values)
     };
     let ratios: Vec<f64> = pairs
@@ -105,8 +114,19 @@ fn verdict(met: bool) -> &'static str {
 }
 
 pub fn pair_line(pair: &Pair) -> String {
+    let postgres = pair.postgres.map_or(String::new(), |pg| {
+        format!(
+            " | PostgreSQL {:.0}/s p50 {} p99 {} cpu {:.1} µs/rpc, failed {} | ratio {:.3}",
+            pg.rps,
+            ms(pg.p50_us),
+            ms(pg.p99_us),
+            pg.cpu_us_per_rpc,
+            pg.failed,
+            pg.rps / pair.echo.rps
+        )
+    });
     format!(
-        "round {} {:?}: echo {:.0}/s p99 {} | provisiond {:.0}/s p50 {} p99 {} cpu {:.1} µs/rpc, failed {} | ratio {:.3}",
+        "round {} {:?}: echo {:.0}/s p99 {} | provisiond {:.0}/s p50 {} p99 {} cpu {:.1} µs/rpc, failed {} | ratio {:.3}{postgres}",
         pair.round,
         pair.rpc,
         pair.echo.rps,
@@ -234,6 +254,20 @@ pub fn markdown(run: &Run) -> String {
          (/proc/PID/stat) over the run, divided by the calls.",
         args.policies
     );
+    if let Some(postgres) = &run.postgres {
+        let _ = writeln!(
+            w,
+            "- PostgreSQL rows (issue #4): a second provisiond with `--store` on {} on this \
+             machine, in a fresh schema seeded with the same {} policies through the same store \
+             writes ({:.1} s), run in the same rounds right after provisiond on SQLite and \
+             dropped at the end. Its server CPU µs/RPC is provisiond's process only: \
+             PostgreSQL's own work is in its backend processes, not counted (and it shares the \
+             CPUs with the load generator and provisiond).",
+            postgres.settings,
+            args.policies,
+            postgres.seed_time.as_secs_f64()
+        );
+    }
     let _ = writeln!(
         w,
         "- Start = from exec until gRPC health answers SERVING (median of 3 starts). Memory from \
@@ -254,7 +288,7 @@ pub fn markdown(run: &Run) -> String {
     let _ = writeln!(w, "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
     let mut targets = Vec::new();
     for rpc in Rpc::ALL {
-        let s = summarize(&run.pairs, rpc);
+        let s = summarize(&run.pairs, rpc, SQLITE);
         let target = target_ratio(rpc);
         let _ = writeln!(
             w,
@@ -287,6 +321,28 @@ pub fn markdown(run: &Run) -> String {
                 ms(s.service.p99_us),
                 s.service.p99_us <= SET_P99_US,
             ));
+        }
+    }
+    if run.postgres.is_some() {
+        for rpc in Rpc::ALL {
+            let s = summarize(&run.pairs, rpc, POSTGRES);
+            let _ = writeln!(
+                w,
+                "| {rpc:?} (PostgreSQL) | {:.0} | {:.0} | **{:.2}** ({:.2}–{:.2}) | – | {} | {} | {} / {} | {:.1} | {:.1} | {} (echo {}) |",
+                s.service.rps,
+                s.echo.rps,
+                s.ratio,
+                s.ratio_range.0,
+                s.ratio_range.1,
+                ms(s.service.p50_us),
+                ms(s.service.p99_us),
+                ms(s.echo.p50_us),
+                ms(s.echo.p99_us),
+                s.service.cpu_us_per_rpc,
+                s.echo.cpu_us_per_rpc,
+                s.failed,
+                s.echo_failed,
+            );
         }
     }
     let _ = writeln!(
@@ -366,21 +422,24 @@ pub fn markdown(run: &Run) -> String {
     );
     let _ = writeln!(w, "|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for pair in &run.pairs {
-        let _ = writeln!(
-            w,
-            "| {} | {:?} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} | {} |",
-            pair.round,
-            pair.rpc,
-            pair.echo.rps,
-            pair.service.rps,
-            pair.service.rps / pair.echo.rps,
-            ms(pair.echo.p99_us),
-            ms(pair.service.p50_us),
-            ms(pair.service.p99_us),
-            pair.echo.cpu_us_per_rpc,
-            pair.service.cpu_us_per_rpc,
-            pair.service.failed + pair.echo.failed,
-        );
+        let postgres = pair.postgres.map(|pg| (" (PostgreSQL)", pg));
+        for (store, service) in std::iter::once(("", pair.service)).chain(postgres) {
+            let _ = writeln!(
+                w,
+                "| {} | {:?}{store} | {:.0} | {:.0} | {:.2} | {} | {} | {} | {:.1} | {:.1} | {} |",
+                pair.round,
+                pair.rpc,
+                pair.echo.rps,
+                service.rps,
+                service.rps / pair.echo.rps,
+                ms(pair.echo.p99_us),
+                ms(service.p50_us),
+                ms(service.p99_us),
+                pair.echo.cpu_us_per_rpc,
+                service.cpu_us_per_rpc,
+                service.failed + pair.echo.failed,
+            );
+        }
     }
     md
 }

@@ -37,15 +37,17 @@ impl Server {
     /// provisiond on `data_dir`, logging warnings and errors to `log`.
     pub async fn provisiond(binary: &Path, data_dir: &Path, log: &Path) -> Self {
         let port = free_port();
-        let mut command = Command::new(binary);
-        command
-            .args(["--listen", &format!("127.0.0.1:{port}")])
-            .arg("--data-dir")
-            .arg(data_dir)
-            .args(["--log", "warn", "--log-format", "json"])
-            .env_remove("PROVISIOND_STORE")
-            .env_remove("PROVISIOND_LOG");
+        let mut command = provisiond_command(binary, port);
+        command.arg("--data-dir").arg(data_dir);
         Self::start("provisiond", command, port, log).await
+    }
+
+    /// provisiond on the PostgreSQL store `url` (`--store`), logging as [`Self::provisiond`].
+    pub async fn provisiond_postgres(binary: &Path, url: &str, log: &Path) -> Self {
+        let port = free_port();
+        let mut command = provisiond_command(binary, port);
+        command.args(["--store", url]);
+        Self::start("provisiond (PostgreSQL)", command, port, log).await
     }
 
     pub async fn echo(binary: &Path, log: &Path) -> Self {
@@ -145,6 +147,16 @@ impl Server {
             eprintln!("warning: {} exited with {status}", self.label);
         }
     }
+}
+
+fn provisiond_command(binary: &Path, port: u16) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(["--log", "warn", "--log-format", "json"])
+        .env_remove("PROVISIOND_STORE")
+        .env_remove("PROVISIOND_LOG");
+    command
 }
 
 impl Drop for Server {
