@@ -137,7 +137,7 @@ async fn read_modify_write_across_two_replicas_loses_no_update() {
     }
     eprintln!("{successes} increments, {aborted} ABORTED conflicts");
     for replica in replicas {
-        assert!(replica.terminate().success());
+        assert!(replica.terminate().0.success());
     }
 }
 
@@ -423,6 +423,6 @@ async fn ended_sessions_cost_unavailable_at_worst_and_no_acknowledged_write() {
     }
     eprintln!("{ended} sessions ended; {unavailable_total} RPCs answered UNAVAILABLE");
     for replica in replicas {
-        assert!(replica.terminate().success());
+        assert!(replica.terminate().0.success());
     }
 }

@@ -1,12 +1,8 @@
 //! A schema of its own in the test PostgreSQL database (`PROVISIOND_TEST_POSTGRES_URL`), and
 //! provisiond processes (replicas) serving from it.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
-use std::time::Duration;
 
 use tokio_postgres::NoTls;
 
@@ -115,104 +111,23 @@ impl Drop for TestSchema {
     }
 }
 
-/// A running provisiond process on a PostgreSQL store, and the address it logged.
-pub struct Replica {
-    child: Child,
-    pub address: SocketAddr,
-}
-
-/// How a start ended: listening, or exited with its log.
-pub enum Started {
-    Listening(Replica),
-    Exited {
-        status: ExitStatus,
-        log: Vec<String>,
-    },
-}
-
-/// Long enough for a loaded 2-core CI machine; only bounds a hang, never measures speed.
-const START_LIMIT: Duration = Duration::from_secs(60);
+/// A provisiond process on a PostgreSQL store: the same harness as the SQLite process tests.
+pub use super::process::{Process as Replica, Started};
 
 /// Starts the built binary with `--store store` on 127.0.0.1:0.
 pub fn start(store: &str) -> Started {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_provisiond"))
+    let mut command = Command::new(env!("CARGO_BIN_EXE_provisiond"));
+    command
         .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--store"])
         .arg(store)
         .env_remove("PROVISIOND_STORE")
-        .env_remove("PROVISIOND_DATA_DIR")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn provisiond");
-    let stderr = child.stderr.take().expect("stderr");
-    let (lines, log) = mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if lines.send(line).is_err() {
-                break;
-            }
-        }
-    });
-    let mut seen = Vec::new();
-    loop {
-        match log.recv_timeout(START_LIMIT) {
-            Ok(line) => {
-                if let Some(address) = listening_address(&line) {
-                    // Keep draining stderr so the process never blocks on a full pipe.
-                    std::thread::spawn(move || for _ in log {});
-                    return Started::Listening(Replica { child, address });
-                }
-                seen.push(line);
-            }
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                let status = child.wait().expect("wait");
-                return Started::Exited { status, log: seen };
-            }
-            Err(mpsc::RecvTimeoutError::Timeout) => {
-                let _ = child.kill();
-                panic!("provisiond neither listened nor exited: {seen:#?}");
-            }
-        }
-    }
+        .env_remove("PROVISIOND_DATA_DIR");
+    super::process::start_command(command)
 }
 
 pub fn start_listening(store: &str) -> Replica {
     match start(store) {
         Started::Listening(replica) => replica,
         Started::Exited { status, log } => panic!("provisiond exited ({status}): {log:#?}"),
-    }
-}
-
-/// The address of the JSON log line `{"fields":{"message":"listening","address":"…"}}`.
-fn listening_address(line: &str) -> Option<SocketAddr> {
-    let value: serde_json::Value = serde_json::from_str(line).ok()?;
-    let fields = value.get("fields")?;
-    if fields.get("message")?.as_str()? != "listening" {
-        return None;
-    }
-    fields.get("address")?.as_str()?.parse().ok()
-}
-
-impl Replica {
-    pub fn endpoint(&self) -> String {
-        format!("http://{}", self.address)
-    }
-
-    /// SIGTERM, and the exit status.
-    pub fn terminate(mut self) -> ExitStatus {
-        let status = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .expect("kill");
-        assert!(status.success(), "kill -TERM");
-        self.child.wait().expect("wait")
-    }
-}
-
-impl Drop for Replica {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
