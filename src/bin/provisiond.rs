@@ -1,5 +1,6 @@
 //! The provisiond binary: parse flags, set up logging, serve until SIGTERM or ctrl-c.
 
+use std::io::IsTerminal;
 use std::process::ExitCode;
 
 use clap::Parser;
@@ -34,8 +35,10 @@ fn init_tracing(config: &Config) {
         );
         EnvFilter::new("info")
     });
+    // Colours only on a terminal: redirected logs stay plain text.
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match config.log_format {
         LogFormat::Text => builder.init(),
