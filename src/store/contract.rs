@@ -595,7 +595,7 @@ fn order(entitlement: &pb::EntitlementRef) -> (&str, &str) {
 }
 
 /// What `Store::check` sees as the delegation targets of `key`, sorted.
-async fn targets_of(
+pub(crate) async fn targets_of(
     store: &impl Store,
     key: &pb::EntitlementRef,
 ) -> Option<Vec<pb::EntitlementRef>> {

@@ -14,6 +14,7 @@ use tokio::sync::oneshot;
 use super::schema::{self, APPLICATION_ID, LATEST};
 use super::{DATABASE_FILE, OpenError, SqliteStore};
 use crate::pb;
+use crate::store::contract::targets_of;
 use crate::store::contract::{
     Backend, delegating, entitlement, passing, put, put_if, rejecting_when, resource, returning,
     violation, written,
@@ -97,25 +98,6 @@ async fn all_bindings(store: &SqliteStore) -> Vec<StoredBinding> {
         ..Default::default()
     };
     store.list_bindings(query).await.unwrap()
-}
-
-/// What `Store::check` sees as the delegation targets of `key`.
-async fn targets_of(
-    store: &SqliteStore,
-    key: &pb::EntitlementRef,
-) -> Option<Vec<pb::EntitlementRef>> {
-    let seen = Arc::new(Mutex::new(None));
-    store
-        .check(Box::new({
-            let (seen, key) = (Arc::clone(&seen), key.clone());
-            move |lookup| {
-                *seen.lock().unwrap() = Some(lookup.delegation_targets(&key)?);
-                Ok(Vec::new())
-            }
-        }))
-        .await
-        .unwrap();
-    seen.lock().unwrap().take().expect("the check ran")
 }
 
 #[tokio::test]
