@@ -238,6 +238,13 @@ impl From<Error> for tonic::Status {
                     "no such proxy binding".to_owned(),
                     HashMap::new(),
                 ),
+                // The service turns this into PolicyHasDependants, with the names.
+                StoreError::HasDependants { .. } => (
+                    Code::FailedPrecondition,
+                    "POLICY_HAS_DEPENDANTS",
+                    "other policies delegate to this one".to_owned(),
+                    HashMap::new(),
+                ),
                 StoreError::InUse { .. } => (
                     Code::FailedPrecondition,
                     "PROXY_BINDING_IN_USE",

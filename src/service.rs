@@ -101,6 +101,7 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
             delegation_targets: edges.targets,
             implicit_binding_sources: edges.implicit_sources,
             expected_revision,
+            create_only: request.create_only,
             validate_only: request.validate_only,
             check: Box::new(move |lookup| {
                 let mut violations = static_violations;
@@ -113,6 +114,7 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
                 Ok(Response::new(pb::SetProvisionPolicyResponse {
                     policy: Some(record.into_resource()),
                     warnings: violations,
+                    change_cursor: String::new(),
                 }))
             }
             Ok(WriteOutcome::Rejected { violations }) => {
@@ -214,6 +216,44 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
             bindings: bindings.into_iter().map(|b| b.into_binding()).collect(),
             next_page_token,
         }))
+    }
+
+    async fn list_provision_policies(
+        &self,
+        _request: Request<pb::ListProvisionPoliciesRequest>,
+    ) -> Result<Response<pb::ListProvisionPoliciesResponse>, Status> {
+        Err(Status::unimplemented("wip"))
+    }
+
+    async fn delete_provision_policy(
+        &self,
+        _request: Request<pb::DeleteProvisionPolicyRequest>,
+    ) -> Result<Response<pb::DeleteProvisionPolicyResponse>, Status> {
+        Err(Status::unimplemented("wip"))
+    }
+
+    async fn list_provision_policy_revisions(
+        &self,
+        _request: Request<pb::ListProvisionPolicyRevisionsRequest>,
+    ) -> Result<Response<pb::ListProvisionPolicyRevisionsResponse>, Status> {
+        Err(Status::unimplemented("wip"))
+    }
+
+    async fn rollback_provision_policy(
+        &self,
+        _request: Request<pb::RollbackProvisionPolicyRequest>,
+    ) -> Result<Response<pb::RollbackProvisionPolicyResponse>, Status> {
+        Err(Status::unimplemented("wip"))
+    }
+
+    type WatchProvisionPoliciesStream =
+        tokio_stream::wrappers::ReceiverStream<Result<pb::WatchProvisionPoliciesResponse, Status>>;
+
+    async fn watch_provision_policies(
+        &self,
+        _request: Request<pb::WatchProvisionPoliciesRequest>,
+    ) -> Result<Response<Self::WatchProvisionPoliciesStream>, Status> {
+        Err(Status::unimplemented("wip"))
     }
 
     async fn validate_provision_policy(

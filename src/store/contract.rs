@@ -57,10 +57,13 @@ macro_rules! store_contract_tests {
         );
     };
     (@cases $backend:expr; $($case:ident),* $(,)?) => {
+        $crate::store::contract::store_contract_tests!(@cases_in contract $backend; $($case),*);
+    };
+    (@cases_in $module:ident $backend:expr; $($case:ident),* $(,)?) => {
         $(
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $case() {
-                $crate::store::contract::$case(&$backend).await;
+                $crate::store::$module::$case(&$backend).await;
             }
         )*
     };
@@ -125,6 +128,7 @@ pub(crate) fn put(resource: pb::EntitlementProvisionPolicy) -> Write {
         delegation_targets: Vec::new(),
         implicit_binding_sources: Vec::new(),
         expected_revision: None,
+        create_only: false,
         validate_only: false,
         check: passing(),
     }

@@ -10,9 +10,17 @@
 //! bindings (source → destination: the source is the entitlement delegated to, the destination
 //! the one that delegates). A binding is in use while the destination's current resource
 //! delegates to the source; it cannot be deleted then.
+//!
+//! Every mutation that stands is one entry of the **change log** (`changes.rs`): a gap-free
+//! sequence numbered from 1 in commit order, each entry holding the changes of exactly one
+//! mutation. A delete is a tombstone revision, so listing at a past point of the log, the
+//! history and the watch stream are all views of the revisions and the log.
 
+pub mod changes;
 #[cfg(test)]
 pub(crate) mod contract;
+#[cfg(test)]
+pub(crate) mod contract_log;
 pub mod postgres;
 pub mod record;
 pub mod sqlite;
@@ -35,6 +43,17 @@ pub struct StoredRevision {
     pub create_time: SystemTime,
     /// When this revision was written.
     pub update_time: SystemTime,
+    /// The position of this revision's write in the change log; 0 for a write that was only
+    /// validated.
+    pub change_seq: u64,
+}
+
+/// One revision in an entitlement's history: a write, or a delete (a tombstone, whose
+/// `record.resource` holds only the entitlement).
+#[derive(Debug, Clone, PartialEq)]
+pub struct HistoryEntry {
+    pub record: StoredRevision,
+    pub deleted: bool,
 }
 
 /// The check a write runs inside its transaction, against the state it is about to change.
@@ -81,11 +100,59 @@ pub struct Write {
     /// that exists already is kept as it is. Not created when the write does not stand.
     pub implicit_binding_sources: Vec<pb::EntitlementRef>,
     /// When set, the current revision must equal it (0: the entitlement must have no resource).
+    /// A deleted resource counts as none.
     pub expected_revision: Option<i64>,
+    /// The write stands only when the entitlement has no live resource, else `AlreadyExists`.
+    pub create_only: bool,
     /// Run the precondition and the check, but write nothing.
     pub validate_only: bool,
     /// The check to run inside the transaction.
     pub check: WriteCheck,
+}
+
+/// A delete of one entitlement's resource: a tombstone revision, its delegation edges dropped.
+#[derive(Debug, Clone)]
+pub struct Delete {
+    pub entitlement: pb::EntitlementRef,
+    /// When set, the current revision must equal it.
+    pub expected_revision: Option<i64>,
+    /// Run the preconditions, but write nothing.
+    pub validate_only: bool,
+    /// A missing resource is [`DeleteOutcome::Missing`] instead of `NotFound`.
+    pub allow_missing: bool,
+}
+
+/// What a [`Delete`] came to when the store itself did not fail.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DeleteOutcome {
+    /// The tombstone `revision` was written at `change_seq` (0 for `validate_only`).
+    Deleted { revision: i64, change_seq: u64 },
+    /// There was nothing to delete, and `allow_missing` was set: nothing was written.
+    Missing,
+}
+
+/// Which current resources to list, as of one point of the change log, in the order
+/// (app_id, entitlement_id).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct PolicyQuery {
+    /// Only resources of this app.
+    pub app_id: Option<String>,
+    /// The state after the write at this position of the log (at most the head).
+    pub at: u64,
+    /// Only resources strictly after this key: the last one of the previous page.
+    pub after: Option<pb::EntitlementRef>,
+    /// At most this many.
+    pub limit: usize,
+}
+
+/// Which revisions of one entitlement to list, newest first.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RevisionQuery {
+    pub entitlement: pb::EntitlementRef,
+    /// Only revisions older than this: the last one of the previous page.
+    pub before: Option<i64>,
+    /// At most this many.
+    pub limit: usize,
 }
 
 /// What a [`Write`] came to when the store itself did not fail.
@@ -113,12 +180,15 @@ pub enum StoreError {
     /// The write's `expected_revision` is not the current revision (`None`: no resource yet).
     #[error("expected revision {expected}, found {actual:?}")]
     RevisionMismatch { expected: i64, actual: Option<i64> },
-    /// The binding to create exists already.
+    /// The binding to create exists already, or a create-only write found a live resource.
     #[error("already exists")]
     AlreadyExists,
-    /// The binding to delete does not exist.
+    /// The binding or resource to delete does not exist.
     #[error("not found")]
     NotFound,
+    /// The resource to delete is delegated to by the current resources of `dependents`.
+    #[error("has dependants")]
+    HasDependants { dependents: Vec<pb::EntitlementRef> },
     /// The binding to delete is in use: the current resources of `dependents` delegate through it.
     #[error("in use")]
     InUse { dependents: Vec<pb::EntitlementRef> },
@@ -169,6 +239,46 @@ pub trait Store: Send + Sync + 'static {
         &self,
         query: BindingQuery,
     ) -> impl Future<Output = Result<Vec<StoredBinding>, StoreError>> + Send;
+
+    /// Writes a tombstone for `delete.entitlement`, atomically with the checks that it has a
+    /// live resource (`NotFound`), that the precondition holds, and that no other current
+    /// resource delegates to it (`HasDependants`).
+    fn delete(
+        &self,
+        delete: Delete,
+    ) -> impl Future<Output = Result<DeleteOutcome, StoreError>> + Send;
+
+    /// The live resources `query` selects, as they were at `query.at`.
+    fn list_policies(
+        &self,
+        query: PolicyQuery,
+    ) -> impl Future<Output = Result<Vec<StoredRevision>, StoreError>> + Send;
+
+    /// The revisions `query` selects, newest first, tombstones included.
+    fn list_revisions(
+        &self,
+        query: RevisionQuery,
+    ) -> impl Future<Output = Result<Vec<HistoryEntry>, StoreError>> + Send;
+
+    /// The id made when the store was initialised: cursors carry it, so that a cursor of
+    /// another store is refused.
+    fn store_id(&self) -> &str;
+
+    /// The position of the last committed write in the change log (0: none yet), read from
+    /// the database itself.
+    fn head(&self) -> impl Future<Output = Result<u64, StoreError>> + Send;
+
+    /// The head as this process last learned it: updated by this process's commits before
+    /// they are acknowledged, and (PostgreSQL) by other replicas' through notifications and
+    /// polling. Never goes backwards.
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// The log entries after position `after`, in order, at most `limit` of them.
+    fn read_changes(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<changes::ChangeSet>, StoreError>> + Send;
 
     /// Flushes and closes the backend; called once serving has stopped.
     fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

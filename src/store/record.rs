@@ -96,6 +96,7 @@ mod tests {
             revision: 3,
             create_time: UNIX_EPOCH + std::time::Duration::from_micros(1_500_000),
             update_time: UNIX_EPOCH + std::time::Duration::from_secs(2),
+            change_seq: 1,
         };
         let resource = record.into_resource();
         assert_eq!(resource.etag, "\"3\"");

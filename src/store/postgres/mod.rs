@@ -416,6 +416,44 @@ impl Store for PostgresStore {
         rows.iter().map(queries::binding_from_row).collect()
     }
 
+    async fn delete(&self, _delete: super::Delete) -> Result<super::DeleteOutcome, StoreError> {
+        todo!("wip")
+    }
+
+    async fn list_policies(
+        &self,
+        _query: super::PolicyQuery,
+    ) -> Result<Vec<StoredRevision>, StoreError> {
+        todo!("wip")
+    }
+
+    async fn list_revisions(
+        &self,
+        _query: super::RevisionQuery,
+    ) -> Result<Vec<super::HistoryEntry>, StoreError> {
+        todo!("wip")
+    }
+
+    fn store_id(&self) -> &str {
+        todo!("wip")
+    }
+
+    async fn head(&self) -> Result<u64, StoreError> {
+        todo!("wip")
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        todo!("wip")
+    }
+
+    async fn read_changes(
+        &self,
+        _after: u64,
+        _limit: usize,
+    ) -> Result<Vec<super::changes::ChangeSet>, StoreError> {
+        todo!("wip")
+    }
+
     async fn close(&self) -> Result<(), StoreError> {
         self.pool.close();
         match self.writer.stop() {

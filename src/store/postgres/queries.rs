@@ -167,6 +167,7 @@ pub(super) fn revision_from_row(row: &Row) -> Result<StoredRevision, StoreError>
         revision: row.try_get(1)?,
         create_time: time_from_micros(row.try_get(2)?)?,
         update_time: time_from_micros(row.try_get(3)?)?,
+        change_seq: 0, // wip
     })
 }
 

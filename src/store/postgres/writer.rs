@@ -421,6 +421,7 @@ impl Session {
             delegation_targets,
             implicit_binding_sources,
             expected_revision,
+            create_only: _,
             validate_only,
             check,
         } = write;
@@ -505,6 +506,7 @@ impl Session {
             revision,
             create_time: queries::time_from_micros(create_time)?,
             update_time: queries::time_from_micros(update_time)?,
+            change_seq: 0, // wip
         };
         let outcome = WriteOutcome::Written { record, violations };
         Ok((Done::Written(outcome), validate_only && created_bindings))

@@ -61,6 +61,12 @@ pub enum OpenError {
         found: i64,
         known: i64,
     },
+    #[error("cannot read the change log of database {}", .path.display())]
+    Log {
+        path: PathBuf,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
     #[error("cannot configure database {}", .path.display())]
     Configure {
         path: PathBuf,
@@ -102,6 +108,10 @@ pub(super) enum Failure {
     Decode(#[source] prost::DecodeError),
     #[error("a stored time ({0} µs) is out of range")]
     Time(i64),
+    #[error("a change log position ({0}) is out of range")]
+    Sequence(i64),
+    #[error(transparent)]
+    Change(#[from] crate::store::changes::DecodeError),
 }
 
 impl From<Failure> for StoreError {
@@ -115,7 +125,9 @@ impl From<Failure> for StoreError {
             | Failure::CheckPanicked
             | Failure::BlockingTask(_)
             | Failure::Decode(_)
-            | Failure::Time(_) => StoreError::Internal(Box::new(failure)),
+            | Failure::Time(_)
+            | Failure::Sequence(_)
+            | Failure::Change(_) => StoreError::Internal(Box::new(failure)),
         }
     }
 }

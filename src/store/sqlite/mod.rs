@@ -29,8 +29,10 @@ use self::reads::ReadPool;
 #[cfg(test)]
 use self::writer::Job;
 use self::writer::{Answer, Writer};
+use super::changes::{ChangeSet, HeadPublisher};
 use super::{
-    BindingQuery, Store, StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
+    BindingQuery, Delete, DeleteOutcome, HistoryEntry, PolicyQuery, RevisionQuery, Store,
+    StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
 };
 use crate::pb;
 
@@ -42,6 +44,8 @@ pub struct SqliteStore {
     writer: Writer,
     readers: Arc<ReadPool>,
     lock: Mutex<Option<DataDirLock>>,
+    store_id: String,
+    head: HeadPublisher,
 }
 
 impl SqliteStore {
@@ -56,11 +60,18 @@ impl SqliteStore {
         let lock = DataDirLock::acquire(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
         let conn = open::open_writer(&path)?;
-        let writer = Writer::spawn(conn).map_err(OpenError::Spawn)?;
+        let (store_id, seq) = queries::log_state(&conn).map_err(|err| OpenError::Log {
+            path: path.clone(),
+            source: err.into(),
+        })?;
+        let head = HeadPublisher::new(seq);
+        let writer = Writer::spawn(conn, head.clone()).map_err(OpenError::Spawn)?;
         Ok(Self {
             writer,
             readers: ReadPool::new(path),
             lock: Mutex::new(Some(lock)),
+            store_id,
+            head,
         })
     }
 
@@ -141,6 +152,45 @@ impl Store for SqliteStore {
     async fn list_bindings(&self, query: BindingQuery) -> Result<Vec<StoredBinding>, StoreError> {
         self.readers
             .read_blocking(move |conn| queries::list_bindings(conn, &query))
+            .await
+    }
+
+    /// Queued when called, like a write, and committed in the same batches.
+    fn delete(
+        &self,
+        delete: Delete,
+    ) -> impl Future<Output = Result<DeleteOutcome, StoreError>> + Send {
+        answered(self.writer.queue(delete))
+    }
+
+    async fn list_policies(&self, query: PolicyQuery) -> Result<Vec<StoredRevision>, StoreError> {
+        self.readers
+            .read_blocking(move |conn| queries::list_policies(conn, &query))
+            .await
+    }
+
+    async fn list_revisions(&self, query: RevisionQuery) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.readers
+            .read_blocking(move |conn| queries::list_revisions(conn, &query))
+            .await
+    }
+
+    fn store_id(&self) -> &str {
+        &self.store_id
+    }
+
+    /// Only this process writes the file, so the head its writer published is the database's.
+    async fn head(&self) -> Result<u64, StoreError> {
+        Ok(self.head.current())
+    }
+
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.head.subscribe()
+    }
+
+    async fn read_changes(&self, after: u64, limit: usize) -> Result<Vec<ChangeSet>, StoreError> {
+        self.readers
+            .read_blocking(move |conn| queries::read_changes(conn, after, limit))
             .await
     }
 

@@ -1,6 +1,8 @@
 //! What the writer does for each kind of request, inside the request's savepoint: a policy
-//! write, and the creation and deletion of a proxy binding.
+//! write, a delete, and the creation and deletion of a proxy binding. Each that stands takes
+//! the next position of the change log and appends its changes there, in the same savepoint.
 
+use prost::Message;
 use rusqlite::Connection;
 
 use super::error::Failure;
@@ -9,41 +11,88 @@ use super::queries::{self, Head};
 use super::writer::Operation;
 use crate::pb;
 use crate::policy;
+use crate::store::changes;
 use crate::store::record::clear_output_fields;
-use crate::store::{StoreError, StoredBinding, StoredRevision, Write, WriteOutcome};
+use crate::store::{
+    Delete, DeleteOutcome, StoreError, StoredBinding, StoredRevision, Write, WriteOutcome,
+};
+
+/// The precondition of a write or delete; a deleted head counts as no resource.
+fn check_expected(expected: Option<i64>, head: Option<Head>) -> Result<(), StoreError> {
+    let actual = head.filter(|head| !head.deleted).map(|head| head.revision);
+    match expected {
+        Some(expected) if actual.unwrap_or(0) != expected => {
+            Err(StoreError::RevisionMismatch { expected, actual })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The next revision of `head` written `now`: a clock stepped back must not make it older than
+/// the one it replaces; the create time is that of revision 1.
+fn next_head(head: Option<Head>, now: i64, deleted: bool) -> Head {
+    let update_time = head.map_or(now, |head| now.max(head.update_time));
+    Head {
+        revision: head.map_or(1, |head| head.revision + 1),
+        create_time: head.map_or(update_time, |head| head.create_time),
+        update_time,
+        deleted,
+    }
+}
+
+fn record_of(
+    resource: pb::EntitlementProvisionPolicy,
+    head: Head,
+    change_seq: u64,
+) -> Result<StoredRevision, StoreError> {
+    Ok(StoredRevision {
+        resource,
+        revision: head.revision,
+        create_time: queries::time_from_micros(head.create_time)?,
+        update_time: queries::time_from_micros(head.update_time)?,
+        change_seq,
+    })
+}
 
 impl Operation for Write {
     type Output = WriteOutcome;
 
-    /// Precondition, implicit bindings, check, then the new record and its delegation edges.
-    /// The bindings come before the check, which must see them; a write that does not stand
-    /// takes them back with its savepoint.
+    /// Preconditions, implicit bindings, check, then the new record, its delegation edges and
+    /// its log entry. The bindings come before the check, which must see them; a write that
+    /// does not stand takes them back with its savepoint.
     fn stage(self, conn: &Connection) -> Result<(WriteOutcome, bool), StoreError> {
         let Write {
             mut resource,
             delegation_targets,
             implicit_binding_sources,
             expected_revision,
+            create_only,
             validate_only,
             check,
         } = self;
         clear_output_fields(&mut resource);
         let key = resource
             .entitlement
-            .as_ref()
+            .clone()
             .ok_or(Failure::MissingEntitlement)?;
-        let head = queries::head(conn, key)?;
-        if let Some(expected) = expected_revision {
-            let actual = head.map(|head| head.revision);
-            if actual.unwrap_or(0) != expected {
-                return Err(StoreError::RevisionMismatch { expected, actual });
-            }
+        let head = queries::head(conn, &key)?;
+        check_expected(expected_revision, head)?;
+        if create_only && head.is_some_and(|head| !head.deleted) {
+            return Err(StoreError::AlreadyExists);
         }
 
         let now = queries::now_micros();
+        let mut created = Vec::new();
         for source in &implicit_binding_sources {
             // An existing binding, explicit or not, is kept as it is.
-            queries::insert_binding(conn, source, key, true, now)?;
+            if queries::insert_binding(conn, source, &key, true, now)? {
+                created.push(StoredBinding {
+                    source: source.clone(),
+                    destination: key.clone(),
+                    implicit: true,
+                    create_time: queries::time_from_micros(now)?,
+                });
+            }
         }
 
         let violations = run_check(check, conn)?;
@@ -51,24 +100,68 @@ impl Operation for Write {
             return Ok((WriteOutcome::Rejected { violations }, false));
         }
 
-        // A clock stepped back must not make a revision older than the one it replaces.
-        let update_time = head.map_or(now, |head| now.max(head.update_time));
-        let new = Head {
-            revision: head.map_or(1, |head| head.revision + 1),
-            create_time: head.map_or(update_time, |head| head.create_time),
-            update_time,
-        };
-        if !validate_only {
-            queries::store_revision(conn, key, &prost::Message::encode_to_vec(&resource), new)?;
-            queries::replace_delegations(conn, key, &delegation_targets)?;
+        let new = next_head(head, now, false);
+        if validate_only {
+            let record = record_of(resource, new, 0)?;
+            return Ok((WriteOutcome::Written { record, violations }, false));
         }
-        let record = StoredRevision {
-            revision: new.revision,
-            create_time: queries::time_from_micros(new.create_time)?,
-            update_time: queries::time_from_micros(new.update_time)?,
-            resource,
+        let seq = queries::next_seq(conn)?;
+        queries::store_revision(conn, &key, &resource.encode_to_vec(), new, seq)?;
+        queries::replace_delegations(conn, &key, &delegation_targets)?;
+        let record = record_of(resource, new, seq)?;
+        let mut log = vec![changes::put(&record)];
+        log.extend(created.iter().map(changes::binding_created));
+        queries::append_change(conn, seq, new.update_time, log)?;
+        Ok((WriteOutcome::Written { record, violations }, true))
+    }
+}
+
+impl Operation for Delete {
+    type Output = DeleteOutcome;
+
+    /// Preconditions, dependants, then the tombstone: the head's resource replaced by the bare
+    /// entitlement, its edges dropped, and a DELETE entry carrying the last live resource.
+    fn stage(self, conn: &Connection) -> Result<(DeleteOutcome, bool), StoreError> {
+        let Delete {
+            entitlement: key,
+            expected_revision,
+            validate_only,
+            allow_missing,
+        } = self;
+        let Some(head) = queries::head(conn, &key)?.filter(|head| !head.deleted) else {
+            return match allow_missing {
+                true => Ok((DeleteOutcome::Missing, false)),
+                false => Err(StoreError::NotFound),
+            };
         };
-        Ok((WriteOutcome::Written { record, violations }, !validate_only))
+        check_expected(expected_revision, Some(head))?;
+        let dependents = queries::dependants(conn, &key)?;
+        if !dependents.is_empty() {
+            return Err(StoreError::HasDependants { dependents });
+        }
+        let tombstone = next_head(Some(head), queries::now_micros(), true);
+        if validate_only {
+            let outcome = DeleteOutcome::Deleted {
+                revision: tombstone.revision,
+                change_seq: 0,
+            };
+            return Ok((outcome, false));
+        }
+        let last = queries::current(conn, &key)?.ok_or(Failure::MissingEntitlement)?;
+        let seq = queries::next_seq(conn)?;
+        let bare = pb::EntitlementProvisionPolicy {
+            entitlement: Some(key.clone()),
+            ..Default::default()
+        };
+        queries::store_revision(conn, &key, &bare.encode_to_vec(), tombstone, seq)?;
+        queries::replace_delegations(conn, &key, &[])?;
+        let log = vec![changes::delete(tombstone.revision, &last)];
+        queries::append_change(conn, seq, tombstone.update_time, log)?;
+        let outcome = DeleteOutcome::Deleted {
+            revision: tombstone.revision,
+            change_seq: seq,
+        };
+        Ok((outcome, true))
     }
 }
 
@@ -97,6 +190,13 @@ impl Operation for CreateBinding {
             implicit,
             create_time: queries::time_from_micros(create_time)?,
         };
+        let seq = queries::next_seq(conn)?;
+        queries::append_change(
+            conn,
+            seq,
+            create_time,
+            vec![changes::binding_created(&binding)],
+        )?;
         Ok((binding, true))
     }
 }
@@ -116,14 +216,17 @@ impl Operation for DeleteBinding {
             source,
             destination,
         } = self;
-        if !queries::delete_binding(conn, &source, &destination)? {
+        let Some(binding) = queries::delete_binding(conn, &source, &destination)? else {
             return Err(StoreError::NotFound);
-        }
+        };
         if queries::delegates_to(conn, &destination, &source)? {
             return Err(StoreError::InUse {
                 dependents: vec![destination],
             });
         }
+        let seq = queries::next_seq(conn)?;
+        let log = vec![changes::binding_deleted(&binding)];
+        queries::append_change(conn, seq, queries::now_micros(), log)?;
         Ok(((), true))
     }
 }

@@ -8,7 +8,11 @@ use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
 
 use super::error::Failure;
 use crate::pb;
-use crate::store::{BindingQuery, StoreError, StoredBinding, StoredRevision};
+use crate::store::changes::{self, ChangeSet};
+use crate::store::{
+    BindingQuery, HistoryEntry, PolicyQuery, RevisionQuery, StoreError, StoredBinding,
+    StoredRevision,
+};
 
 /// A revision number of an entitlement and its times (unix microseconds), without the resource:
 /// what a write's precondition reads and what its new record is made of.
@@ -17,6 +21,8 @@ pub(super) struct Head {
     pub revision: i64,
     pub create_time: i64,
     pub update_time: i64,
+    /// The revision is a tombstone: the entitlement has no live resource.
+    pub deleted: bool,
 }
 
 pub(super) fn head(
@@ -24,7 +30,7 @@ pub(super) fn head(
     key: &pb::EntitlementRef,
 ) -> Result<Option<Head>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT revision, create_time, update_time FROM policies
+        "SELECT revision, create_time, update_time, deleted FROM policies
          WHERE app_id = ?1 AND entitlement_id = ?2",
     )?;
     let head = stmt
@@ -33,6 +39,7 @@ pub(super) fn head(
                 revision: row.get(0)?,
                 create_time: row.get(1)?,
                 update_time: row.get(2)?,
+                deleted: row.get(3)?,
             })
         })
         .optional()?;
@@ -44,8 +51,12 @@ pub(super) fn current(
     key: &pb::EntitlementRef,
 ) -> Result<Option<StoredRevision>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT resource, revision, create_time, update_time FROM policies
-         WHERE app_id = ?1 AND entitlement_id = ?2",
+        "SELECT p.resource, p.revision, p.create_time, p.update_time, r.change_seq
+         FROM policies AS p
+         JOIN revisions AS r
+           ON r.app_id = p.app_id AND r.entitlement_id = p.entitlement_id
+          AND r.revision = p.revision
+         WHERE p.app_id = ?1 AND p.entitlement_id = ?2 AND NOT p.deleted",
     )?;
     let row = stmt
         .query_row(
@@ -64,12 +75,12 @@ pub(super) fn at_revision(
     revision: i64,
 ) -> Result<Option<StoredRevision>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT r.resource, r.revision, first.update_time, r.update_time
+        "SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq
          FROM revisions AS r
          JOIN revisions AS first
            ON first.app_id = r.app_id AND first.entitlement_id = r.entitlement_id
           AND first.revision = 1
-         WHERE r.app_id = ?1 AND r.entitlement_id = ?2 AND r.revision = ?3",
+         WHERE r.app_id = ?1 AND r.entitlement_id = ?2 AND r.revision = ?3 AND NOT r.deleted",
     )?;
     let row = stmt
         .query_row(
@@ -91,7 +102,7 @@ pub(super) fn delegation_targets(
          FROM policies AS p
          LEFT JOIN delegations AS d
            ON d.app_id = p.app_id AND d.entitlement_id = p.entitlement_id
-         WHERE p.app_id = ?1 AND p.entitlement_id = ?2
+         WHERE p.app_id = ?1 AND p.entitlement_id = ?2 AND NOT p.deleted
          ORDER BY d.target_app_id, d.target_entitlement_id",
     )?;
     let mut rows = stmt.query(params![key.app_id, key.entitlement_id])?;
@@ -206,25 +217,39 @@ pub(super) fn insert_binding(
     Ok(inserted == 1)
 }
 
-/// Deletes a binding; returns whether there was one.
+/// Deletes a binding; returns it as it was, if there was one.
 pub(super) fn delete_binding(
     conn: &Connection,
     source: &pb::EntitlementRef,
     destination: &pb::EntitlementRef,
-) -> Result<bool, StoreError> {
+) -> Result<Option<StoredBinding>, StoreError> {
     let deleted = conn
         .prepare_cached(
             "DELETE FROM proxy_bindings
              WHERE source_app_id = ?1 AND source_entitlement_id = ?2
-               AND destination_app_id = ?3 AND destination_entitlement_id = ?4",
+               AND destination_app_id = ?3 AND destination_entitlement_id = ?4
+             RETURNING implicit, create_time",
         )?
-        .execute(params![
-            source.app_id,
-            source.entitlement_id,
-            destination.app_id,
-            destination.entitlement_id
-        ])?;
-    Ok(deleted == 1)
+        .query_row(
+            params![
+                source.app_id,
+                source.entitlement_id,
+                destination.app_id,
+                destination.entitlement_id
+            ],
+            |row| Ok((row.get::<_, bool>(0)?, row.get::<_, i64>(1)?)),
+        )
+        .optional()?;
+    deleted
+        .map(|(implicit, create_time)| {
+            Ok(StoredBinding {
+                source: source.clone(),
+                destination: destination.clone(),
+                implicit,
+                create_time: time_from_micros(create_time)?,
+            })
+        })
+        .transpose()
 }
 
 /// The bindings `query` selects. The statement is built from the filters present, so that each
@@ -298,32 +323,38 @@ pub(super) fn list_bindings(
     .collect()
 }
 
-/// Appends revision `new` to the history and makes it the head.
+/// Appends revision `new` (a tombstone when `new.deleted`) to the history at `change_seq` and
+/// makes it the head.
 pub(super) fn store_revision(
     conn: &Connection,
     key: &pb::EntitlementRef,
     resource: &[u8],
     new: Head,
+    change_seq: u64,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
-        "INSERT INTO revisions (app_id, entitlement_id, revision, resource, update_time)
-         VALUES (?1, ?2, ?3, ?4, ?5)",
+        "INSERT INTO revisions
+           (app_id, entitlement_id, revision, resource, update_time, deleted, change_seq)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?
     .execute(params![
         key.app_id,
         key.entitlement_id,
         new.revision,
         resource,
-        new.update_time
+        new.update_time,
+        new.deleted,
+        change_seq
     ])?;
     conn.prepare_cached(
         "INSERT INTO policies
-           (app_id, entitlement_id, resource, revision, create_time, update_time)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+           (app_id, entitlement_id, resource, revision, create_time, update_time, deleted)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
          ON CONFLICT (app_id, entitlement_id) DO UPDATE SET
            resource = excluded.resource,
            revision = excluded.revision,
-           update_time = excluded.update_time",
+           update_time = excluded.update_time,
+           deleted = excluded.deleted",
     )?
     .execute(params![
         key.app_id,
@@ -331,9 +362,165 @@ pub(super) fn store_revision(
         resource,
         new.revision,
         new.create_time,
-        new.update_time
+        new.update_time,
+        new.deleted
     ])?;
     Ok(())
+}
+
+/// The entitlements other than `key` whose current resources delegate to it.
+pub(super) fn dependants(
+    conn: &Connection,
+    key: &pb::EntitlementRef,
+) -> Result<Vec<pb::EntitlementRef>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT app_id, entitlement_id FROM delegations
+         WHERE target_app_id = ?1 AND target_entitlement_id = ?2
+           AND NOT (app_id = ?1 AND entitlement_id = ?2)
+         ORDER BY app_id, entitlement_id",
+    )?;
+    let rows = stmt.query_map(params![key.app_id, key.entitlement_id], |row| {
+        Ok(pb::EntitlementRef {
+            app_id: row.get(0)?,
+            entitlement_id: row.get(1)?,
+        })
+    })?;
+    Ok(rows.collect::<rusqlite::Result<_>>()?)
+}
+
+/// Takes the next position of the change log. Inside the operation's savepoint, so an
+/// operation that does not stand gives it back: the log has no gaps.
+pub(super) fn next_seq(conn: &Connection) -> Result<u64, StoreError> {
+    let seq: i64 = conn
+        .prepare_cached("UPDATE store_log SET head = head + 1 RETURNING head")?
+        .query_row([], |row| row.get(0))?;
+    Ok(u64::try_from(seq).map_err(|_| Failure::Sequence(seq))?)
+}
+
+pub(super) fn append_change(
+    conn: &Connection,
+    seq: u64,
+    commit_time: i64,
+    changes: Vec<pb::PolicyChange>,
+) -> Result<(), StoreError> {
+    conn.prepare_cached("INSERT INTO changes (seq, commit_time, payload) VALUES (?1, ?2, ?3)")?
+        .execute(params![
+            seq_param(seq),
+            commit_time,
+            changes::encode(changes, commit_time)
+        ])?;
+    Ok(())
+}
+
+fn seq_param(seq: u64) -> i64 {
+    i64::try_from(seq).unwrap_or(i64::MAX)
+}
+
+/// The store's id and the head of its log.
+pub(super) fn log_state(conn: &Connection) -> Result<(String, u64), StoreError> {
+    let (id, head): (String, i64) = conn
+        .prepare_cached("SELECT store_id, head FROM store_log")?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok((
+        id,
+        u64::try_from(head).map_err(|_| Failure::Sequence(head))?,
+    ))
+}
+
+pub(super) fn read_changes(
+    conn: &Connection,
+    after: u64,
+    limit: usize,
+) -> Result<Vec<ChangeSet>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT seq, commit_time, payload FROM changes WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+    let mut rows = stmt.query(params![seq_param(after), limit])?;
+    let mut sets = Vec::new();
+    while let Some(row) = rows.next()? {
+        let seq: i64 = row.get(0)?;
+        let seq = u64::try_from(seq).map_err(|_| Failure::Sequence(seq))?;
+        let payload = row.get_ref(2)?.as_blob().map_err(rusqlite::Error::from)?;
+        let set = changes::decode(seq, row.get(1)?, payload).map_err(Failure::Change)?;
+        sets.push(set);
+    }
+    Ok(sets)
+}
+
+/// A revision is the state of its entitlement at `query.at` when it is the newest of the
+/// entitlement written at or before it. Walks the primary key in order from `after`, so a page
+/// costs its own rows (and the history of their entitlements), not the whole table.
+pub(super) fn list_policies(
+    conn: &Connection,
+    query: &PolicyQuery,
+) -> Result<Vec<StoredRevision>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq
+         FROM revisions AS r
+         JOIN revisions AS first
+           ON first.app_id = r.app_id AND first.entitlement_id = r.entitlement_id
+          AND first.revision = 1
+         WHERE (r.app_id, r.entitlement_id) > (?2, ?3)
+           AND (?4 IS NULL OR r.app_id = ?4)
+           AND r.change_seq <= ?1 AND NOT r.deleted
+           AND NOT EXISTS (
+             SELECT 1 FROM revisions AS later
+             WHERE later.app_id = r.app_id AND later.entitlement_id = r.entitlement_id
+               AND later.revision > r.revision AND later.change_seq <= ?1)
+         ORDER BY r.app_id, r.entitlement_id
+         LIMIT ?5",
+    )?;
+    let (after_app, after_entitlement) = query.after.as_ref().map_or(("", ""), |key| {
+        (key.app_id.as_str(), key.entitlement_id.as_str())
+    });
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    let rows = stmt.query_map(
+        params![
+            seq_param(query.at),
+            after_app,
+            after_entitlement,
+            query.app_id,
+            limit
+        ],
+        RawRevision::from_row,
+    )?;
+    rows.map(|row| row?.decode()).collect()
+}
+
+pub(super) fn list_revisions(
+    conn: &Connection,
+    query: &RevisionQuery,
+) -> Result<Vec<HistoryEntry>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq, r.deleted
+         FROM revisions AS r
+         JOIN revisions AS first
+           ON first.app_id = r.app_id AND first.entitlement_id = r.entitlement_id
+          AND first.revision = 1
+         WHERE r.app_id = ?1 AND r.entitlement_id = ?2 AND r.revision < ?3
+         ORDER BY r.revision DESC
+         LIMIT ?4",
+    )?;
+    let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+    let key = &query.entitlement;
+    let rows = stmt.query_map(
+        params![
+            key.app_id,
+            key.entitlement_id,
+            query.before.unwrap_or(i64::MAX),
+            limit
+        ],
+        |row| Ok((RawRevision::from_row(row)?, row.get::<_, bool>(5)?)),
+    )?;
+    rows.map(|row| {
+        let (raw, deleted) = row?;
+        Ok(HistoryEntry {
+            record: raw.decode()?,
+            deleted,
+        })
+    })
+    .collect()
 }
 
 /// A revision row as read, decoded outside the row callback so a decode failure keeps its type.
@@ -342,6 +529,7 @@ struct RawRevision {
     revision: i64,
     create_time: i64,
     update_time: i64,
+    change_seq: i64,
 }
 
 impl RawRevision {
@@ -351,6 +539,7 @@ impl RawRevision {
             revision: row.get(1)?,
             create_time: row.get(2)?,
             update_time: row.get(3)?,
+            change_seq: row.get(4)?,
         })
     }
 
@@ -360,6 +549,8 @@ impl RawRevision {
             revision: self.revision,
             create_time: time_from_micros(self.create_time)?,
             update_time: time_from_micros(self.update_time)?,
+            change_seq: u64::try_from(self.change_seq)
+                .map_err(|_| Failure::Sequence(self.change_seq))?,
         })
     }
 }

@@ -9,6 +9,7 @@ use rusqlite::{Connection, TransactionBehavior, params};
 use super::OpenError;
 use crate::pb;
 use crate::policy::walk;
+use crate::store::changes;
 
 /// Marks the file as provisiond's (`PRAGMA application_id`, ASCII "PRVD"), so that the database
 /// of another program is refused instead of being migrated.
@@ -30,6 +31,10 @@ const MIGRATIONS: &[Migration] = &[
     Migration {
         sql: V2,
         backfill: Some(backfill_delegations),
+    },
+    Migration {
+        sql: V3,
+        backfill: Some(backfill_change_log),
     },
 ];
 
@@ -92,6 +97,86 @@ const V2: &str = "
     CREATE INDEX delegations_by_target
         ON delegations (target_app_id, target_entitlement_id);
     ";
+
+/// 3: the change log, tombstones and the store's id. Each revision records its position in the
+/// log (`change_seq`); a delete is a revision with `deleted` set, whose resource holds only the
+/// entitlement; `policies.deleted` marks an entitlement whose head is a tombstone. The triggers
+/// that keep `revisions` append-only are dropped for the backfill and made again after it.
+const V3: &str = "
+    ALTER TABLE policies ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0 CHECK (deleted IN (0, 1));
+    ALTER TABLE revisions ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0
+        CHECK (deleted IN (0, 1));
+    ALTER TABLE revisions ADD COLUMN change_seq INTEGER NOT NULL DEFAULT 0
+        CHECK (change_seq >= 0);
+    DROP TRIGGER revisions_no_update;
+
+    -- One row per mutation that stood, numbered from 1 in commit order without gaps; the payload
+    -- is an encoded WatchProvisionPoliciesResponse (its changes and commit_time).
+    CREATE TABLE changes (
+        seq         INTEGER PRIMARY KEY CHECK (seq >= 1),
+        commit_time INTEGER NOT NULL,
+        payload     BLOB    NOT NULL
+    ) STRICT;
+    CREATE TRIGGER changes_no_update BEFORE UPDATE ON changes
+    BEGIN SELECT RAISE(ABORT, 'the change log is append-only'); END;
+    CREATE TRIGGER changes_no_delete BEFORE DELETE ON changes
+    BEGIN SELECT RAISE(ABORT, 'the change log is append-only'); END;
+
+    -- The store's id (cursors carry it) and the log's head: the writer takes the next position
+    -- from here inside each mutation's savepoint.
+    CREATE TABLE store_log (
+        singleton INTEGER PRIMARY KEY CHECK (singleton = 1),
+        store_id  TEXT    NOT NULL,
+        head      INTEGER NOT NULL CHECK (head >= 0)
+    ) STRICT;
+    ";
+
+/// Numbers the revisions stored before version 3 in the order they were written and gives each
+/// a PUT entry in the log, so that a listing at any point and a watch from the start see them.
+fn backfill_change_log(conn: &Connection) -> rusqlite::Result<()> {
+    let mut select = conn.prepare(
+        "SELECT app_id, entitlement_id, revision, resource, update_time FROM revisions
+         ORDER BY update_time, app_id, entitlement_id, revision",
+    )?;
+    let old = select
+        .query_map([], |row| {
+            Ok(changes::OldRevision {
+                entitlement: pb::EntitlementRef {
+                    app_id: row.get(0)?,
+                    entitlement_id: row.get(1)?,
+                },
+                revision: row.get(2)?,
+                resource: row.get(3)?,
+                update_time_micros: row.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let keys: Vec<(pb::EntitlementRef, i64)> = old
+        .iter()
+        .map(|o| (o.entitlement.clone(), o.revision))
+        .collect();
+    let entries = changes::backfill(old)
+        .map_err(|err| rusqlite::Error::FromSqlConversionFailure(3, Type::Blob, err.into()))?;
+    let mut number = conn.prepare(
+        "UPDATE revisions SET change_seq = ?4
+         WHERE app_id = ?1 AND entitlement_id = ?2 AND revision = ?3",
+    )?;
+    let mut append =
+        conn.prepare("INSERT INTO changes (seq, commit_time, payload) VALUES (?1, ?2, ?3)")?;
+    for ((key, revision), entry) in keys.iter().zip(&entries) {
+        let seq = i64::try_from(entry.seq).unwrap_or(i64::MAX);
+        number.execute(params![key.app_id, key.entitlement_id, revision, seq])?;
+        append.execute(params![seq, entry.commit_time_micros, entry.payload])?;
+    }
+    conn.execute(
+        "INSERT INTO store_log (singleton, store_id, head) VALUES (1, ?1, ?2)",
+        params![changes::new_store_id(), entries.len() as i64],
+    )?;
+    conn.execute_batch(
+        "CREATE TRIGGER revisions_no_update BEFORE UPDATE ON revisions
+         BEGIN SELECT RAISE(ABORT, 'revisions are append-only'); END;",
+    )
+}
 
 /// The edges of the resources stored before version 2, read from their bytes the way the
 /// service derives them on a write: every DelegatedProvision in either policy.

@@ -46,6 +46,7 @@ mod store_contract {
     use super::SqliteBackend;
 
     crate::store::contract::store_contract_tests!(SqliteBackend::new());
+    crate::store::contract_log::store_log_contract_tests!(SqliteBackend::new());
 }
 
 fn open_error(dir: &Path) -> OpenError {
@@ -226,7 +227,14 @@ async fn the_schema_and_pragmas_are_in_effect() {
     tables.sort();
     assert_eq!(
         tables,
-        ["delegations", "policies", "proxy_bindings", "revisions"]
+        [
+            "changes",
+            "delegations",
+            "policies",
+            "proxy_bindings",
+            "revisions",
+            "store_log"
+        ]
     );
 
     // synchronous, foreign_keys and busy_timeout belong to the connection, not the file.
@@ -816,4 +824,80 @@ fn a_version_1_resource_that_does_not_decode_stops_the_migration() {
         )
         .unwrap();
     assert_eq!(delegations, 0);
+}
+
+#[tokio::test]
+async fn an_older_database_gets_a_change_log_of_its_revisions_in_write_order() {
+    let dir = TempDir::new().unwrap();
+    let (a, b) = (key(0), key(1));
+    let encode = prost::Message::encode_to_vec;
+    // Revision 1 of each at 1 s (version_1_database), then b's revision 2 at 3 s and a's at 5 s.
+    version_1_database(
+        dir.path(),
+        &[
+            (a.clone(), encode(&resource(&a, "a-1"))),
+            (b.clone(), encode(&resource(&b, "b-1"))),
+        ],
+    );
+    let side = side_connection(dir.path());
+    for (key, hook, time) in [(&b, "b-2", 3_000_000), (&a, "a-2", 5_000_000)] {
+        let bytes = encode(&resource(key, hook));
+        side.execute(
+            "INSERT INTO revisions VALUES (?1, ?2, 2, ?3, ?4)",
+            rusqlite::params![key.app_id, key.entitlement_id, bytes, time],
+        )
+        .unwrap();
+        side.execute(
+            "UPDATE policies SET resource = ?3, revision = 2, update_time = ?4
+             WHERE app_id = ?1 AND entitlement_id = ?2",
+            rusqlite::params![key.app_id, key.entitlement_id, bytes, time],
+        )
+        .unwrap();
+    }
+    drop(side);
+
+    let store = SqliteStore::open(dir.path()).unwrap();
+    assert_eq!(store.head().await.unwrap(), 4);
+    let log = store.read_changes(0, 10).await.unwrap();
+    let order: Vec<(String, i64)> = log
+        .iter()
+        .map(|set| {
+            let change = &set.changes[0];
+            let key = change.entitlement.clone().unwrap();
+            (key.entitlement_id, change.revision)
+        })
+        .collect();
+    let (a_id, b_id) = (a.entitlement_id.clone(), b.entitlement_id.clone());
+    assert_eq!(
+        order,
+        [(a_id.clone(), 1), (b_id.clone(), 1), (b_id, 2), (a_id, 2)]
+    );
+    let current = store.get(&a, None).await.unwrap().unwrap();
+    assert_eq!(current.change_seq, 4);
+    assert_eq!(log[3].changes[0].policy, Some(current.into_resource()));
+    // A listing between the writes shows the state then.
+    let then = store
+        .list_policies(crate::store::PolicyQuery {
+            app_id: None,
+            at: 3,
+            after: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    assert_eq!(
+        then.iter().map(|r| r.revision).collect::<Vec<_>>(),
+        [1, 2],
+        "a at revision 1, b at revision 2"
+    );
+    // The history is append-only again, and the log goes on from the backfill.
+    assert!(
+        side_connection(dir.path())
+            .execute("UPDATE revisions SET revision = 9", [])
+            .is_err()
+    );
+    assert_eq!(
+        written(&store, put(resource(&b, "b-3"))).await.change_seq,
+        5
+    );
 }

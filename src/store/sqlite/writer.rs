@@ -13,7 +13,9 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::error::{self, Failure};
+use super::queries;
 use crate::store::StoreError;
+use crate::store::changes::HeadPublisher;
 
 /// The most operations one transaction holds: bounds how long the first caller of a batch waits
 /// for the others' checks.
@@ -123,14 +125,15 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    pub(super) fn spawn(conn: Connection) -> std::io::Result<Self> {
+    /// Starts the thread; it moves `head` forward after each commit, before answering.
+    pub(super) fn spawn(conn: Connection, head: HeadPublisher) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
             .name("provisiond-sqlite-writer".into())
             .spawn({
                 let commits = Arc::clone(&commits);
-                move || run(conn, &queue, &commits)
+                move || run(conn, &queue, &commits, &head)
             })?;
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
@@ -190,7 +193,12 @@ impl Drop for Writer {
     }
 }
 
-fn run(mut conn: Connection, queue: &Receiver<Job>, commits: &AtomicU64) -> Result<(), StoreError> {
+fn run(
+    mut conn: Connection,
+    queue: &Receiver<Job>,
+    commits: &AtomicU64,
+    head: &HeadPublisher,
+) -> Result<(), StoreError> {
     let mut next = None;
     while let Some(job) = next.take().or_else(|| queue.recv().ok()) {
         match job {
@@ -207,7 +215,7 @@ fn run(mut conn: Connection, queue: &Receiver<Job>, commits: &AtomicU64) -> Resu
                         Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                     }
                 }
-                commit_batch(&mut conn, batch, commits);
+                commit_batch(&mut conn, batch, commits, head);
             }
             #[cfg(test)]
             Job::Run(task) => task(&conn),
@@ -224,7 +232,12 @@ fn run(mut conn: Connection, queue: &Receiver<Job>, commits: &AtomicU64) -> Resu
     conn.close().map_err(|(_, err)| err.into())
 }
 
-fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Queued>>, commits: &AtomicU64) {
+fn commit_batch(
+    conn: &mut Connection,
+    batch: Vec<Box<dyn Queued>>,
+    commits: &AtomicU64,
+    head: &HeadPublisher,
+) {
     let mut jobs = batch.into_iter();
     // Normally one transaction; another only if SQLite rolled one back mid-batch.
     while jobs.len() > 0 {
@@ -248,7 +261,8 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Queued>>, commits: &At
             answers.push(answer);
         }
         let Some(lost) = lost else {
-            return commit(tx, answers, commits);
+            let committed = tx.commit();
+            return answer(conn, committed, answers, commits, head);
         };
         let unavailable = lost.is_unavailable();
         if lost.is_err() {
@@ -269,10 +283,26 @@ fn commit_batch(conn: &mut Connection, batch: Vec<Box<dyn Queued>>, commits: &At
     }
 }
 
-fn commit(tx: Transaction<'_>, answers: Vec<Box<dyn Staged>>, commits: &AtomicU64) {
-    match tx.commit() {
+/// Answers a batch after its COMMIT. Watchers learn the new head first: an acknowledged write
+/// is always in the log a watch reads.
+fn answer(
+    conn: &Connection,
+    committed: rusqlite::Result<()>,
+    answers: Vec<Box<dyn Staged>>,
+    commits: &AtomicU64,
+    head: &HeadPublisher,
+) {
+    match committed {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
+            match queries::log_state(conn) {
+                Ok((_, seq)) => head.advance(seq),
+                // Watchers catch up with the next commit; the writes stand regardless.
+                Err(err) => tracing::warn!(
+                    error = &err as &dyn std::error::Error,
+                    "cannot read the change log head after a commit"
+                ),
+            }
             answers.into_iter().for_each(|answer| answer.send());
         }
         // Nothing of the batch is stored, and the checks of later jobs saw the earlier ones, so
