@@ -66,6 +66,34 @@ pub enum Error {
         destination: pb::EntitlementRef,
         dependents: Vec<pb::EntitlementRef>,
     },
+    /// A create-only Set of an entitlement that has a policy.
+    #[error("provision policy exists already")]
+    AlreadyExists { entitlement: pb::EntitlementRef },
+    /// A delete of a policy that other current policies delegate to.
+    #[error("provision policy has dependants")]
+    HasDependants {
+        entitlement: pb::EntitlementRef,
+        dependents: Vec<pb::EntitlementRef>,
+    },
+    /// A rollback to a revision that is a delete.
+    #[error("revision is a delete")]
+    RevisionDeleted {
+        entitlement: pb::EntitlementRef,
+        revision: i64,
+    },
+    /// A change cursor that is malformed or from another store.
+    #[error("invalid cursor")]
+    InvalidCursor(Vec<pb::PolicyViolation>),
+    /// A change cursor past the head of the log.
+    #[error("cursor ahead of the log")]
+    CursorAhead {
+        given: u64,
+        head: u64,
+        head_cursor: String,
+    },
+    /// The server is stopping; the stream ends after a final checkpoint.
+    #[error("shutting down")]
+    ShuttingDown,
     /// The store failed.
     #[error("store failure")]
     Store(#[from] StoreError),
@@ -215,6 +243,96 @@ impl From<Error> for tonic::Status {
                     metadata,
                 )
             }
+            Error::AlreadyExists { entitlement } => {
+                let name = resource_name(&entitlement);
+                let message = format!(
+                    "{name} has a provision policy already; a create-only write stands only for \
+                     an entitlement without one (set it with its etag instead)"
+                );
+                details.set_resource_info(RESOURCE_TYPE, name, "", message.clone());
+                (
+                    Code::AlreadyExists,
+                    "PROVISION_POLICY_ALREADY_EXISTS",
+                    message,
+                    entitlement_metadata(&entitlement),
+                )
+            }
+            Error::HasDependants {
+                entitlement,
+                dependents,
+            } => {
+                let name = resource_name(&entitlement);
+                for dependent in &dependents {
+                    details.add_precondition_failure_violation(
+                        "DELEGATION",
+                        resource_name(dependent),
+                        format!(
+                            "the current provision policy of {} delegates to {name}",
+                            resource_name(dependent)
+                        ),
+                    );
+                }
+                let names: Vec<String> = dependents.iter().map(resource_name).collect();
+                let message = format!(
+                    "{name} cannot be deleted while the provision policies of {} delegate to it; \
+                     change those policies first",
+                    names.join(", ")
+                );
+                let mut metadata = entitlement_metadata(&entitlement);
+                metadata.insert("dependents".to_owned(), names.join(","));
+                (
+                    Code::FailedPrecondition,
+                    "POLICY_HAS_DEPENDANTS",
+                    message,
+                    metadata,
+                )
+            }
+            Error::RevisionDeleted {
+                entitlement,
+                revision,
+            } => {
+                let name = resource_name(&entitlement);
+                let message = format!(
+                    "revision {revision} of {name} is a delete; roll back to a revision that holds \
+                     a policy"
+                );
+                let mut violation = FieldViolation::new("revision", message.clone());
+                violation.reason = "REVISION_DELETED".to_owned();
+                details.set_bad_request(vec![violation]);
+                let mut metadata = entitlement_metadata(&entitlement);
+                metadata.insert("revision".to_owned(), revision.to_string());
+                (Code::InvalidArgument, "REVISION_DELETED", message, metadata)
+            }
+            Error::InvalidCursor(violations) => {
+                let message = violations_message("the cursor is invalid", &violations);
+                details.set_bad_request(field_violations(&violations));
+                (
+                    Code::InvalidArgument,
+                    "INVALID_CURSOR",
+                    message,
+                    HashMap::new(),
+                )
+            }
+            Error::CursorAhead {
+                given,
+                head,
+                head_cursor,
+            } => {
+                let message = format!(
+                    "the cursor names position {given} of the change log, past its head ({head}): \
+                     was the store restored from an older backup? List again and watch from the \
+                     new read_at"
+                );
+                let metadata = HashMap::from([("head_cursor".to_owned(), head_cursor)]);
+                (Code::OutOfRange, "CURSOR_AHEAD", message, metadata)
+            }
+            Error::ShuttingDown => (
+                Code::Unavailable,
+                "SHUTTING_DOWN",
+                "the server is shutting down; resume the watch from the last cursor received"
+                    .to_owned(),
+                HashMap::new(),
+            ),
             Error::Store(store_error) => match store_error {
                 StoreError::RevisionMismatch { expected, actual } => {
                     // The service turns this into EtagMismatch; kept exhaustive all the same.

@@ -77,8 +77,12 @@ async fn serve_store<S: Store>(
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let address = listener.local_addr()?;
-    let policy_service = ProvisionPolicyServiceServer::new(PolicyService::new(store.clone()))
-        .max_decoding_message_size(MAX_REQUEST_BYTES);
+    // Watch streams never end on their own: they end when this turns true, each with a final
+    // checkpoint, so that draining does not wait on them for the whole grace period.
+    let (stopping, shutdown_signal) = tokio::sync::watch::channel(false);
+    let service = PolicyService::with_shutdown(store.clone(), shutdown_signal);
+    let policy_service =
+        ProvisionPolicyServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
         .set_serving::<ProvisionPolicyServiceServer<PolicyService<S>>>()
@@ -120,6 +124,7 @@ async fn serve_store<S: Store>(
             tracing::info!("shutting down: not serving, draining in-flight RPCs");
             health.set_not_serving::<ProvisionPolicyServiceServer<PolicyService<S>>>().await;
             health.set_service_status("", ServingStatus::NotServing).await;
+            stopping.send_replace(true);
             let _ = stop_accepting.send(());
             match tokio::time::timeout(config.shutdown_grace(), &mut server).await {
                 Ok(result) => result?,

@@ -90,7 +90,9 @@ pub fn check_graph(
     graph::check(resource, lookup)
 }
 
+pub mod lifecycle;
 pub mod request;
+pub mod tokens;
 pub use request::check_get_request;
 
 /// Whether [`check_graph`] can find anything in `resource`: every rule it holds starts from a

@@ -26,3 +26,7 @@ pub const TOO_MANY_VIOLATIONS: &str = "TOO_MANY_VIOLATIONS";
 pub const INVALID_REVISION: &str = "INVALID_REVISION";
 pub const INVALID_PAGE_SIZE: &str = "INVALID_PAGE_SIZE";
 pub const INVALID_PAGE_TOKEN: &str = "INVALID_PAGE_TOKEN";
+/// A change cursor that is malformed or from another store.
+pub const INVALID_CURSOR: &str = "INVALID_CURSOR";
+/// A duration out of its range.
+pub const INVALID_DURATION: &str = "INVALID_DURATION";

@@ -30,7 +30,7 @@ pub fn clear_output_fields(resource: &mut pb::EntitlementProvisionPolicy) {
     resource.update_time = None;
 }
 
-fn timestamp(time: SystemTime) -> prost_types::Timestamp {
+pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
     let since_epoch = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     prost_types::Timestamp {
         seconds: i64::try_from(since_epoch.as_secs()).unwrap_or(i64::MAX),

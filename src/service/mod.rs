@@ -1,0 +1,136 @@
+//! The gRPC adapter: parse the request, run the rules in `policy`, call the `Store`, shape the
+//! response. No rules live here. One module per resource; the trait impl below only routes.
+
+mod bindings;
+mod policies;
+mod watch;
+
+use std::sync::Arc;
+
+use tokio::sync::watch as signal;
+use tonic::{Request, Response, Status};
+
+use crate::error::Error;
+use crate::pb;
+use crate::pb::provision_policy_service_server::ProvisionPolicyService;
+use crate::policy::tokens::Cursor;
+use crate::store::Store;
+
+/// `ProvisionPolicyService` over any [`Store`].
+pub struct PolicyService<S> {
+    store: Arc<S>,
+    /// Turns true when the server starts shutting down: watch streams then end.
+    shutdown: signal::Receiver<bool>,
+}
+
+impl<S: Store> PolicyService<S> {
+    /// A service whose watch streams end only when the client goes away.
+    pub fn new(store: Arc<S>) -> Self {
+        let (never, shutdown) = signal::channel(false);
+        // Dropped senders leave the value as it is: streams never see a shutdown.
+        drop(never);
+        Self { store, shutdown }
+    }
+
+    /// A service whose watch streams end with a final checkpoint and UNAVAILABLE
+    /// (SHUTTING_DOWN) once `shutdown` turns true.
+    pub fn with_shutdown(store: Arc<S>, shutdown: signal::Receiver<bool>) -> Self {
+        Self { store, shutdown }
+    }
+}
+
+/// The cursor of log position `seq` of `store` (0: before the first write).
+fn cursor_of(store: &impl Store, seq: u64) -> String {
+    Cursor {
+        store_id: store.store_id().to_owned(),
+        seq,
+    }
+    .encode()
+}
+
+fn respond<T>(result: Result<T, Error>) -> Result<Response<T>, Status> {
+    result.map(Response::new).map_err(Status::from)
+}
+
+#[tonic::async_trait]
+impl<S: Store> ProvisionPolicyService for PolicyService<S> {
+    async fn get_provision_policy(
+        &self,
+        request: Request<pb::GetProvisionPolicyRequest>,
+    ) -> Result<Response<pb::GetProvisionPolicyResponse>, Status> {
+        respond(policies::get(&*self.store, request.into_inner()).await)
+    }
+
+    async fn set_provision_policy(
+        &self,
+        request: Request<pb::SetProvisionPolicyRequest>,
+    ) -> Result<Response<pb::SetProvisionPolicyResponse>, Status> {
+        respond(policies::set(&*self.store, request.into_inner()).await)
+    }
+
+    async fn validate_provision_policy(
+        &self,
+        request: Request<pb::ValidateProvisionPolicyRequest>,
+    ) -> Result<Response<pb::ValidateProvisionPolicyResponse>, Status> {
+        respond(policies::validate(&*self.store, request.into_inner()).await)
+    }
+
+    async fn list_provision_policies(
+        &self,
+        request: Request<pb::ListProvisionPoliciesRequest>,
+    ) -> Result<Response<pb::ListProvisionPoliciesResponse>, Status> {
+        respond(policies::list(&*self.store, request.into_inner()).await)
+    }
+
+    async fn delete_provision_policy(
+        &self,
+        request: Request<pb::DeleteProvisionPolicyRequest>,
+    ) -> Result<Response<pb::DeleteProvisionPolicyResponse>, Status> {
+        respond(policies::delete(&*self.store, request.into_inner()).await)
+    }
+
+    async fn list_provision_policy_revisions(
+        &self,
+        request: Request<pb::ListProvisionPolicyRevisionsRequest>,
+    ) -> Result<Response<pb::ListProvisionPolicyRevisionsResponse>, Status> {
+        respond(policies::history(&*self.store, request.into_inner()).await)
+    }
+
+    async fn rollback_provision_policy(
+        &self,
+        request: Request<pb::RollbackProvisionPolicyRequest>,
+    ) -> Result<Response<pb::RollbackProvisionPolicyResponse>, Status> {
+        respond(policies::rollback(&*self.store, request.into_inner()).await)
+    }
+
+    async fn create_proxy_binding(
+        &self,
+        request: Request<pb::CreateProxyBindingRequest>,
+    ) -> Result<Response<pb::CreateProxyBindingResponse>, Status> {
+        respond(bindings::create(&*self.store, request.into_inner()).await)
+    }
+
+    async fn delete_proxy_binding(
+        &self,
+        request: Request<pb::DeleteProxyBindingRequest>,
+    ) -> Result<Response<pb::DeleteProxyBindingResponse>, Status> {
+        respond(bindings::delete(&*self.store, request.into_inner()).await)
+    }
+
+    async fn list_proxy_bindings(
+        &self,
+        request: Request<pb::ListProxyBindingsRequest>,
+    ) -> Result<Response<pb::ListProxyBindingsResponse>, Status> {
+        respond(bindings::list(&*self.store, request.into_inner()).await)
+    }
+
+    type WatchProvisionPoliciesStream = watch::ChangeStream;
+
+    async fn watch_provision_policies(
+        &self,
+        request: Request<pb::WatchProvisionPoliciesRequest>,
+    ) -> Result<Response<Self::WatchProvisionPoliciesStream>, Status> {
+        let (store, shutdown) = (Arc::clone(&self.store), self.shutdown.clone());
+        respond(watch::open(store, request.into_inner(), shutdown).await)
+    }
+}

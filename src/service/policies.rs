@@ -1,0 +1,348 @@
+//! The policy resource RPCs: get, set, validate, list, delete, history and rollback.
+
+use crate::error::Error;
+use crate::pb;
+use crate::policy;
+use crate::policy::lifecycle;
+use crate::policy::tokens::{PolicyPage, RevisionPage};
+use crate::store::record::{clear_output_fields, etag, revision_of_etag, timestamp};
+use crate::store::{
+    Delete, DeleteOutcome, PolicyQuery, RevisionQuery, Store, StoreError, StoredRevision, Write,
+    WriteOutcome,
+};
+
+use super::cursor_of;
+
+pub(super) async fn get(
+    store: &impl Store,
+    request: pb::GetProvisionPolicyRequest,
+) -> Result<pb::GetProvisionPolicyResponse, Error> {
+    let problems = policy::check_get_request(&request);
+    if !problems.is_empty() {
+        return Err(Error::InvalidRequest(problems));
+    }
+    let entitlement = request.entitlement.unwrap_or_default();
+    let revision = (request.revision > 0).then_some(request.revision);
+    let record = store.get(&entitlement, revision).await?;
+    let record = record.ok_or(Error::NotFound {
+        entitlement,
+        revision,
+    })?;
+    Ok(pb::GetProvisionPolicyResponse {
+        policy: Some(record.into_resource()),
+    })
+}
+
+pub(super) async fn set(
+    store: &impl Store,
+    request: pb::SetProvisionPolicyRequest,
+) -> Result<pb::SetProvisionPolicyResponse, Error> {
+    let resource = request.policy.unwrap_or_default();
+    let intent = Intent {
+        etag: request.etag,
+        validate_only: request.validate_only,
+        create_only: request.create_only,
+    };
+    let (record, warnings) = write(store, resource, intent).await?;
+    Ok(pb::SetProvisionPolicyResponse {
+        change_cursor: write_cursor(store, &record),
+        policy: Some(record.into_resource()),
+        warnings,
+    })
+}
+
+pub(super) async fn validate(
+    store: &impl Store,
+    request: pb::ValidateProvisionPolicyRequest,
+) -> Result<pb::ValidateProvisionPolicyResponse, Error> {
+    let mut resource = request.policy.unwrap_or_default();
+    clear_output_fields(&mut resource);
+    let static_violations = policy::check_static(&resource);
+    let violations = with_graph_violations(store, &resource, static_violations).await?;
+    Ok(pb::ValidateProvisionPolicyResponse {
+        valid: !policy::has_errors(&violations),
+        violations,
+    })
+}
+
+pub(super) async fn list(
+    store: &impl Store,
+    request: pb::ListProvisionPoliciesRequest,
+) -> Result<pb::ListProvisionPoliciesResponse, Error> {
+    let page = lifecycle::parse_list_policies_request(&request, store.store_id())
+        .map_err(Error::InvalidRequest)?;
+    // Every page reads at the first page's position; later writes are the Watch's to tell.
+    let at = match &page.continues {
+        Some(token) => token.read_at.seq,
+        None => store.head().await?,
+    };
+    // One more than the page holds tells whether another page follows.
+    let query = PolicyQuery {
+        app_id: page.app_id.clone(),
+        at,
+        after: page.continues.as_ref().map(|token| token.after.clone()),
+        limit: page.size + 1,
+    };
+    let mut policies = store.list_policies(query).await?;
+    let read_at = cursor_of(store, at);
+    let next_page_token = if policies.len() > page.size {
+        policies.truncate(page.size);
+        let last = policies.last().expect("a full page");
+        PolicyPage {
+            read_at: policy::tokens::Cursor {
+                store_id: store.store_id().to_owned(),
+                seq: at,
+            },
+            app_id: request.app_id,
+            after: last.resource.entitlement.clone().unwrap_or_default(),
+        }
+        .encode()
+    } else {
+        String::new()
+    };
+    Ok(pb::ListProvisionPoliciesResponse {
+        policies: policies
+            .into_iter()
+            .map(StoredRevision::into_resource)
+            .collect(),
+        next_page_token,
+        read_at,
+    })
+}
+
+pub(super) async fn delete(
+    store: &impl Store,
+    request: pb::DeleteProvisionPolicyRequest,
+) -> Result<pb::DeleteProvisionPolicyResponse, Error> {
+    let problems = lifecycle::check_delete_request(&request);
+    if !problems.is_empty() {
+        return Err(Error::InvalidRequest(problems));
+    }
+    let entitlement = request.entitlement.unwrap_or_default();
+    let delete = Delete {
+        entitlement: entitlement.clone(),
+        expected_revision: expected_revision(&entitlement, &request.etag)?,
+        validate_only: request.validate_only,
+        allow_missing: request.allow_missing,
+    };
+    let outcome = store.delete(delete).await.map_err(|error| match error {
+        StoreError::NotFound => Error::NotFound {
+            entitlement: entitlement.clone(),
+            revision: None,
+        },
+        StoreError::HasDependants { dependents } => Error::HasDependants {
+            entitlement: entitlement.clone(),
+            dependents,
+        },
+        other => etag_error(other, &entitlement, &request.etag),
+    })?;
+    Ok(match outcome {
+        DeleteOutcome::Deleted {
+            revision,
+            change_seq,
+        } => pb::DeleteProvisionPolicyResponse {
+            revision,
+            change_cursor: if change_seq == 0 {
+                String::new()
+            } else {
+                cursor_of(store, change_seq)
+            },
+        },
+        DeleteOutcome::Missing => pb::DeleteProvisionPolicyResponse::default(),
+    })
+}
+
+pub(super) async fn history(
+    store: &impl Store,
+    request: pb::ListProvisionPolicyRevisionsRequest,
+) -> Result<pb::ListProvisionPolicyRevisionsResponse, Error> {
+    let page = lifecycle::parse_list_revisions_request(&request).map_err(Error::InvalidRequest)?;
+    let query = RevisionQuery {
+        entitlement: page.entitlement.clone(),
+        before: page.before,
+        limit: page.size + 1,
+    };
+    let mut entries = store.list_revisions(query).await?;
+    if entries.is_empty() && page.before.is_none() {
+        return Err(Error::NotFound {
+            entitlement: page.entitlement,
+            revision: None,
+        });
+    }
+    let next_page_token = if entries.len() > page.size {
+        entries.truncate(page.size);
+        let last = entries.last().expect("a full page");
+        RevisionPage {
+            entitlement: page.entitlement.clone(),
+            before: last.record.revision,
+        }
+        .encode()
+    } else {
+        String::new()
+    };
+    let revisions = entries
+        .into_iter()
+        .map(|entry| pb::ProvisionPolicyRevision {
+            entitlement: Some(page.entitlement.clone()),
+            revision: entry.record.revision,
+            deleted: entry.deleted,
+            create_time: Some(timestamp(entry.record.update_time)),
+            change_cursor: cursor_of(store, entry.record.change_seq),
+            policy: (!entry.deleted).then(|| entry.record.into_resource()),
+        })
+        .collect();
+    Ok(pb::ListProvisionPolicyRevisionsResponse {
+        revisions,
+        next_page_token,
+    })
+}
+
+pub(super) async fn rollback(
+    store: &impl Store,
+    request: pb::RollbackProvisionPolicyRequest,
+) -> Result<pb::RollbackProvisionPolicyResponse, Error> {
+    let problems = lifecycle::check_rollback_request(&request);
+    if !problems.is_empty() {
+        return Err(Error::InvalidRequest(problems));
+    }
+    let entitlement = request.entitlement.unwrap_or_default();
+    // Revisions never change, so reading k outside the write is safe; the write checks
+    // everything against today's state.
+    let query = RevisionQuery {
+        entitlement: entitlement.clone(),
+        before: request.revision.checked_add(1),
+        limit: 1,
+    };
+    let old = store
+        .list_revisions(query)
+        .await?
+        .into_iter()
+        .next()
+        .filter(|entry| entry.record.revision == request.revision)
+        .ok_or_else(|| Error::NotFound {
+            entitlement: entitlement.clone(),
+            revision: Some(request.revision),
+        })?;
+    if old.deleted {
+        return Err(Error::RevisionDeleted {
+            entitlement,
+            revision: request.revision,
+        });
+    }
+    let intent = Intent {
+        etag: request.etag,
+        validate_only: request.validate_only,
+        create_only: false,
+    };
+    let (record, warnings) = write(store, old.record.resource, intent).await?;
+    Ok(pb::RollbackProvisionPolicyResponse {
+        change_cursor: write_cursor(store, &record),
+        policy: Some(record.into_resource()),
+        warnings,
+    })
+}
+
+/// How a write (Set or Rollback) is conditioned.
+struct Intent {
+    etag: String,
+    validate_only: bool,
+    create_only: bool,
+}
+
+/// Every check of a Set, then the write: the static rules first (a policy failing them never
+/// reaches the writer), then the graph rules inside the write transaction.
+async fn write(
+    store: &impl Store,
+    mut resource: pb::EntitlementProvisionPolicy,
+    intent: Intent,
+) -> Result<(StoredRevision, Vec<pb::PolicyViolation>), Error> {
+    clear_output_fields(&mut resource);
+    let entitlement = resource.entitlement.clone().unwrap_or_default();
+    let static_violations = policy::check_static(&resource);
+    if policy::has_errors(&static_violations) {
+        // A read view still finds the graph errors, so the caller sees them all at once.
+        let violations = with_graph_violations(store, &resource, static_violations).await?;
+        return Err(Error::InvalidPolicy(errors_only(violations)));
+    }
+    let checked = resource.clone();
+    let edges = policy::graph::edges(&resource);
+    let write = Write {
+        resource,
+        delegation_targets: edges.targets,
+        implicit_binding_sources: edges.implicit_sources,
+        expected_revision: expected_revision(&entitlement, &intent.etag)?,
+        create_only: intent.create_only,
+        validate_only: intent.validate_only,
+        check: Box::new(move |lookup| {
+            let mut violations = static_violations;
+            violations.extend(policy::check_graph(&checked, lookup)?);
+            Ok(violations)
+        }),
+    };
+    match store.write(write).await {
+        Ok(WriteOutcome::Written { record, violations }) => Ok((record, violations)),
+        Ok(WriteOutcome::Rejected { violations }) => {
+            Err(Error::InvalidPolicy(errors_only(violations)))
+        }
+        Err(StoreError::AlreadyExists) => Err(Error::AlreadyExists { entitlement }),
+        Err(other) => Err(etag_error(other, &entitlement, &intent.etag)),
+    }
+}
+
+/// The revision an etag names; one this service never issued matches nothing.
+fn expected_revision(entitlement: &pb::EntitlementRef, given: &str) -> Result<Option<i64>, Error> {
+    match given {
+        "" => Ok(None),
+        given => revision_of_etag(given)
+            .map(Some)
+            .ok_or_else(|| Error::EtagMismatch {
+                entitlement: entitlement.clone(),
+                given: given.to_owned(),
+                current: None,
+            }),
+    }
+}
+
+fn etag_error(error: StoreError, entitlement: &pb::EntitlementRef, given: &str) -> Error {
+    match error {
+        StoreError::RevisionMismatch { actual, .. } => Error::EtagMismatch {
+            entitlement: entitlement.clone(),
+            given: given.to_owned(),
+            current: actual.map(etag),
+        },
+        other => Error::from(other),
+    }
+}
+
+fn write_cursor(store: &impl Store, record: &StoredRevision) -> String {
+    if record.change_seq == 0 {
+        return String::new();
+    }
+    cursor_of(store, record.change_seq)
+}
+
+/// `violations` plus those against stored state, through a read view.
+async fn with_graph_violations(
+    store: &impl Store,
+    resource: &pb::EntitlementProvisionPolicy,
+    mut violations: Vec<pb::PolicyViolation>,
+) -> Result<Vec<pb::PolicyViolation>, Error> {
+    if !policy::needs_graph_check(resource) {
+        return Ok(violations);
+    }
+    let snapshot = resource.clone();
+    let graph = store
+        .check(Box::new(move |lookup| {
+            policy::check_graph(&snapshot, lookup)
+        }))
+        .await?;
+    violations.extend(graph);
+    Ok(violations)
+}
+
+fn errors_only(violations: Vec<pb::PolicyViolation>) -> Vec<pb::PolicyViolation> {
+    violations
+        .into_iter()
+        .filter(|v| v.severity == pb::Severity::Error as i32)
+        .collect()
+}
