@@ -125,6 +125,11 @@ pub const RPCS: &[&str] = &[
     "CreateProxyBinding",
     "DeleteProxyBinding",
     "ListProxyBindings",
+    "ListProvisionPolicies",
+    "DeleteProvisionPolicy",
+    "ListProvisionPolicyRevisions",
+    "RollbackProvisionPolicy",
+    "WatchProvisionPolicies",
 ];
 
 fn request_type(rpc: &str) -> String {
@@ -250,6 +255,60 @@ pub async fn call(
                 .await?
                 .into_inner();
             plain(protojson::to_json("ListProxyBindingsResponse", &response))
+        }
+        "ListProvisionPolicies" => {
+            let response = client
+                .list_provision_policies(decode::<pb::ListProvisionPoliciesRequest>(&bytes))
+                .await?
+                .into_inner();
+            plain(protojson::to_json(
+                "ListProvisionPoliciesResponse",
+                &response,
+            ))
+        }
+        "DeleteProvisionPolicy" => {
+            let response = client
+                .delete_provision_policy(decode::<pb::DeleteProvisionPolicyRequest>(&bytes))
+                .await?
+                .into_inner();
+            plain(protojson::to_json(
+                "DeleteProvisionPolicyResponse",
+                &response,
+            ))
+        }
+        "ListProvisionPolicyRevisions" => {
+            let request = decode::<pb::ListProvisionPolicyRevisionsRequest>(&bytes);
+            let response = client
+                .list_provision_policy_revisions(request)
+                .await?
+                .into_inner();
+            plain(protojson::to_json(
+                "ListProvisionPolicyRevisionsResponse",
+                &response,
+            ))
+        }
+        "RollbackProvisionPolicy" => {
+            let response = client
+                .rollback_provision_policy(decode::<pb::RollbackProvisionPolicyRequest>(&bytes))
+                .await?
+                .into_inner();
+            Answer {
+                response: protojson::to_json("RollbackProvisionPolicyResponse", &response),
+                violations: response.warnings,
+                valid: None,
+            }
+        }
+        // A stream's errors come before its first message; an OK case compares that message.
+        "WatchProvisionPolicies" => {
+            let mut stream = client
+                .watch_provision_policies(decode::<pb::WatchProvisionPoliciesRequest>(&bytes))
+                .await?
+                .into_inner();
+            let first = tokio::time::timeout(std::time::Duration::from_secs(30), stream.message())
+                .await
+                .map_err(|_| tonic::Status::deadline_exceeded("no first message in 30 s"))??
+                .unwrap_or_default();
+            plain(protojson::to_json("WatchProvisionPoliciesResponse", &first))
         }
         other => unreachable!("rpc {other} was checked in prepare"),
     })
