@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use common::process::{self, Started};
 use common::*;
+use provisiond::pb;
 use provisiond::pb::provision_policy_service_client::ProvisionPolicyServiceClient;
 
 async fn client_of(process: &process::Process) -> Client {
@@ -144,6 +145,20 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
     let data_dir = tempfile::tempdir().expect("temp dir");
     // (app, entitlement, revision) → webhook id acknowledged at that revision.
     let mut acknowledged: HashMap<(String, i64), String> = HashMap::new();
+    // The listing of the empty store is consistent at the log's start: a Watch from it
+    // replays everything.
+    let start_of_log = {
+        let server = process::start_listening(data_dir.path());
+        let mut client = client_of(&server).await;
+        let listing = client
+            .list_provision_policies(pb::ListProvisionPoliciesRequest::default())
+            .await
+            .expect("list")
+            .into_inner();
+        drop(client);
+        assert!(server.terminate().0.success());
+        listing.read_at
+    };
     let mut seed = 0x2545_f491_4f6c_dd1d_u64;
     for iteration in 0..ITERATIONS {
         seed ^= seed << 13;
@@ -206,6 +221,55 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
         );
     }
     assert!(acknowledged.len() >= ITERATIONS as usize * 20);
+
+    // Acknowledged means in the log: a Watch from the start replays every acknowledged write,
+    // at its revision with its value, in order, with no revision of a key seen twice.
+    let mut replayed: HashMap<(String, i64), String> = HashMap::new();
+    let mut stream = client
+        .watch_provision_policies(pb::WatchProvisionPoliciesRequest {
+            start_cursor: start_of_log,
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let head = client
+        .list_provision_policies(pb::ListProvisionPoliciesRequest::default())
+        .await
+        .expect("list")
+        .into_inner()
+        .read_at;
+    loop {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(60), stream.message())
+            .await
+            .expect("in time")
+            .expect("no error")
+            .expect("open");
+        for change in message.changes {
+            let key = change.entitlement.expect("entitlement").entitlement_id;
+            let value = match change
+                .policy
+                .and_then(|p| p.provision_policy)
+                .and_then(|p| p.typ)
+            {
+                Some(pb::provision_policy::Typ::Webhook(webhook)) => webhook.webhook_id,
+                other => panic!("unexpected {other:?}"),
+            };
+            let again = replayed.insert((key.clone(), change.revision), value);
+            assert!(again.is_none(), "{key}@{} replayed twice", change.revision);
+        }
+        if message.cursor == head {
+            break;
+        }
+    }
+    for (write, value) in &acknowledged {
+        assert_eq!(
+            replayed.get(write),
+            Some(value),
+            "{write:?} acknowledged but not in the log"
+        );
+    }
+    drop(stream);
     drop(client);
     assert!(server.terminate().0.success());
 }
@@ -220,4 +284,108 @@ fn record(
     if let Some(earlier) = acknowledged.insert((key.clone(), revision), value.clone()) {
         panic!("{key}@{revision} acknowledged as {earlier} and again as {value}: a write was lost");
     }
+}
+
+/// The server's resident set, from /proc.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    let line = status
+        .lines()
+        .find(|line| line.starts_with("VmRSS:"))
+        .expect("VmRSS");
+    line.split_whitespace().nth(1).unwrap().parse().unwrap()
+}
+
+/// A watcher that stops reading while 10k changes of 8 KiB land: the server does not buffer
+/// them (its memory grows by far less than the 80 MB they weigh), and once the watcher reads
+/// again it gets all of them, in order, with nothing dropped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_watcher_costs_bounded_memory_and_then_gets_every_change_in_order() {
+    const CHANGES: usize = 10_000;
+    const WRITERS: usize = 16;
+    let data_dir = tempfile::tempdir().expect("temp dir");
+    let server = process::start_listening(data_dir.path());
+    let mut client = client_of(&server).await;
+    let instructions = "x".repeat(8 * 1024);
+    let policy = move |n: usize| pb::ProvisionPolicy {
+        typ: Some(pb::provision_policy::Typ::Manual(pb::ManualProvision {
+            instructions: format!("{n} {instructions}"),
+            user_ids: vec!["owner".into()],
+            assignee: None,
+        })),
+    };
+    // Warm up: the server's caches and pools at their working size before the baseline.
+    for n in 0..200 {
+        let request = set_request(
+            resource(entitlement("stall", &format!("warm{n}")), policy(n)),
+            "",
+        );
+        client
+            .set_provision_policy(request)
+            .await
+            .expect("warm-up set");
+    }
+    let mut stream = client
+        .watch_provision_policies(pb::WatchProvisionPoliciesRequest {
+            app_id: "stall".into(),
+            ..Default::default()
+        })
+        .await
+        .expect("watch")
+        .into_inner();
+    let baseline = rss_kib(server.child.id());
+
+    let mut writers = Vec::new();
+    for writer in 0..WRITERS {
+        let mut client = client_of(&server).await;
+        let policy = policy.clone();
+        writers.push(tokio::spawn(async move {
+            for n in (writer..CHANGES).step_by(WRITERS) {
+                let key = entitlement("stall", &format!("e{}", n % 100));
+                client
+                    .set_provision_policy(set_request(resource(key, policy(n)), ""))
+                    .await
+                    .expect("set");
+            }
+        }));
+    }
+    for writer in writers {
+        writer.await.expect("writer");
+    }
+    let grown_kib = rss_kib(server.child.id()).saturating_sub(baseline);
+    println!("server RSS grew by {grown_kib} KiB while 10k changes of 8 KiB waited");
+    assert!(
+        grown_kib < 40 * 1024,
+        "the server buffered for a stalled watcher: RSS grew by {grown_kib} KiB"
+    );
+
+    let mut seen = 0;
+    let mut last_cursor = String::new();
+    let mut revisions: HashMap<String, i64> = HashMap::new();
+    while seen < CHANGES {
+        let message = tokio::time::timeout(std::time::Duration::from_secs(60), stream.message())
+            .await
+            .expect("in time")
+            .expect("never dropped")
+            .expect("open");
+        if message.checkpoint {
+            continue;
+        }
+        assert_ne!(message.cursor, last_cursor);
+        last_cursor = message.cursor;
+        for change in message.changes {
+            let key = change.entitlement.expect("entitlement").entitlement_id;
+            let previous = revisions.insert(key.clone(), change.revision).unwrap_or(0);
+            assert_eq!(
+                change.revision,
+                previous + 1,
+                "{key}: in order, none missing"
+            );
+            seen += 1;
+        }
+    }
+    assert_eq!(seen, CHANGES);
+    drop(stream);
+    drop(client);
+    assert!(server.terminate().0.success());
 }
