@@ -19,6 +19,7 @@ fn write_of(index: u64, variant: u64) -> Write {
         delegation_targets: Vec::new(),
         implicit_binding_sources: Vec::new(),
         expected_revision: None,
+        create_only: false,
         validate_only: false,
         check: Box::new(|_| Ok(vec![])),
     }

@@ -84,6 +84,24 @@ async fn python_grpcio_client_round_trips_and_decodes_details() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_lists_watches_deletes_and_rolls_back() {
+    let Some(python) = tool(".venv/bin/python") else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let address = server.address.to_string();
+    let script = repo().join("tests/clients/python_lifecycle_client.py");
+    tokio::task::spawn_blocking(move || {
+        run(
+            &python,
+            &[script.to_str().unwrap(), &address, repo().to_str().unwrap()],
+        )
+    })
+    .await
+    .expect("python lifecycle");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_grpc_js_client_round_trips_and_decodes_details() {
     let Some(_) = tool("node_modules/@grpc/grpc-js") else {
         return;

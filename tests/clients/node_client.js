@@ -99,6 +99,64 @@ async function main() {
     return true;
   });
 
+  // A listing of 5 policies, 2 a page, followed to the end: each once, in (app_id,
+  // entitlement_id) order, every page at one read_at, later pages unaffected by later writes.
+  const listApp = 'node-list-app';
+  const listIds = ['n-d', 'n-b', 'n-e', 'n-a', 'n-c']; // not written in order
+  const webhookOf = (entitlement_id) => ({ webhook: { webhook_id: `hook-${entitlement_id}` } });
+  for (const entitlement_id of listIds) {
+    const written = await call(client, 'SetProvisionPolicy', {
+      policy: { entitlement: { app_id: listApp, entitlement_id }, provision_policy: webhookOf(entitlement_id) },
+    });
+    assert.ok(written.change_cursor, 'Set carries a change_cursor');
+  }
+  await call(client, 'SetProvisionPolicy', { // an app whose id starts with ours: filtered out
+    policy: { entitlement: { app_id: `${listApp}-x`, entitlement_id: 'n-a' }, provision_policy: webhookOf('x') },
+  });
+  const listed = [];
+  const readAts = new Set();
+  const sizes = [];
+  let pageToken = '';
+  let firstToken;
+  for (;;) {
+    const page = await call(client, 'ListProvisionPolicies', { app_id: listApp, page_size: 2, page_token: pageToken });
+    assert.ok(page.read_at, 'every page carries read_at');
+    readAts.add(page.read_at);
+    const policies = page.policies || [];
+    sizes.push(policies.length);
+    listed.push(...policies);
+    assert.ok(sizes.length < 10, `the listing ends: ${sizes}`);
+    if (firstToken === undefined) {
+      firstToken = page.next_page_token;
+      // Writes between pages: the later pages still show the store at read_at.
+      await call(client, 'SetProvisionPolicy', {
+        policy: { entitlement: { app_id: listApp, entitlement_id: 'n-e' }, provision_policy: webhookOf('late') },
+      });
+      await call(client, 'SetProvisionPolicy', {
+        policy: { entitlement: { app_id: listApp, entitlement_id: 'n-f' }, provision_policy: webhookOf('late') },
+      });
+    }
+    if (!page.next_page_token) break;
+    pageToken = page.next_page_token;
+  }
+  assert.deepEqual(listed.map((p) => [p.entitlement.app_id, p.entitlement.entitlement_id]),
+    [...listIds].sort().map((id) => [listApp, id]), 'all 5 once, in (app_id, entitlement_id) order');
+  assert.deepEqual(sizes, [2, 2, 1], 'pages of at most 2');
+  assert.equal(readAts.size, 1, `one read_at on every page: ${[...readAts]}`);
+  assert.deepEqual(listed.map((p) => [p.revision, p.provision_policy.webhook.webhook_id]),
+    [...listIds].sort().map((id) => ['1', `hook-${id}`]), 'the listing shows the store at read_at');
+
+  // A page token belongs to its listing's app_id.
+  assert.ok(firstToken, 'the first page has a next_page_token');
+  await assert.rejects(call(client, 'ListProvisionPolicies', { app_id: 'node-app', page_size: 2, page_token: firstToken }), (error) => {
+    assert.equal(error.code, grpc.status.INVALID_ARGUMENT);
+    const found = details(error);
+    assert.equal(found.ErrorInfo.reason, 'INVALID_REQUEST');
+    assert.ok(found.BadRequest.field_violations.some((v) => v.field === 'page_token' && v.reason === 'INVALID_PAGE_TOKEN'),
+      JSON.stringify(found.BadRequest));
+    return true;
+  });
+
   client.close();
   console.log('node: all checks passed');
 }
