@@ -734,3 +734,5 @@ fn server_conditions_are_unavailable_and_defects_internal() {
         assert!(!is_transient_code(&defect), "{defect:?}");
     }
 }
+
+mod log;
