@@ -53,9 +53,36 @@ async fn a_commit_on_one_replica_reaches_the_subscribers_of_another() {
             assert_eq!(log[0].changes[0].revision, i64::try_from(n).unwrap());
         }
         assert_eq!(b.head().await.unwrap(), 3);
+        // a listens as well; b's writes are announced to a.
+        let expected = if listen { 2 } else { 1 };
+        let mut listening = 0;
+        for _ in 0..100 {
+            listening = listening_sessions(&schema).await;
+            if listening == expected {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert_eq!(listening, expected, "listen: {listen}");
+        let record = written(&b, put(resource(&key(1), "hook-b"))).await;
+        wait_for_head(&a, record.change_seq).await;
         a.close().await.unwrap();
         b.close().await.unwrap();
     }
+}
+
+/// The stores' sessions of `schema` whose last statement was a LISTEN.
+async fn listening_sessions(schema: &TestSchema) -> i64 {
+    let client = schema.client().await;
+    let row = client
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE application_name = $1 AND query LIKE 'LISTEN %'",
+            &[&schema.application_name()],
+        )
+        .await
+        .unwrap();
+    row.get(0)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
