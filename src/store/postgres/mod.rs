@@ -473,7 +473,10 @@ impl Store for PostgresStore {
     }
 
     /// The delete is queued when this is called, before the future is first polled.
-    fn delete(&self, delete: Delete) -> impl Future<Output = Result<DeleteOutcome, StoreError>> {
+    fn delete(
+        &self,
+        delete: Delete,
+    ) -> impl Future<Output = Result<DeleteOutcome, StoreError>> + Send {
         let done = self.submit(Op::Delete(delete));
         async move {
             match done.await? {

@@ -60,11 +60,14 @@ pub(super) const LIST_REVISIONS: &str = "
     ORDER BY r.revision DESC
     LIMIT $4";
 
+/// The log entries after `$1`, at most `$2`.
 pub(super) const READ_CHANGES: &str =
     "SELECT seq, commit_time, payload FROM changes WHERE seq > $1 ORDER BY seq LIMIT $2";
 
+/// The position of the last committed mutation.
 pub(super) const HEAD: &str = "SELECT head FROM provisiond_log";
 
+/// The store's id and the head, read once at open.
 pub(super) const LOG_STATE: &str = "SELECT store_id, head FROM provisiond_log";
 
 /// No row: no stored resource. One row with NULL targets: a resource that delegates nowhere.

@@ -4,6 +4,11 @@
 //! every queued mutation into one transaction, a savepoint each, commits once and only then
 //! answers each caller.
 //!
+//! Each mutation that stands takes the next position of the change log inside its savepoint,
+//! under the lock, so numbering follows commit order across replicas and a mutation rolled back
+//! to its savepoint gives its position back. A batch that wrote something sends its NOTIFY with
+//! its COMMIT, and publishes its newest position to this store's subscribers before it answers.
+//!
 //! The thread owns one connection and a current-thread runtime that drives it: a check is
 //! synchronous caller code whose lookups block on queries, which the thread can do without
 //! tying up the server's runtime.
@@ -56,6 +61,7 @@ const SESSION_SETTINGS: &str =
 )]
 pub(super) enum Op {
     Write(Write),
+    /// A tombstone.
     Delete(Delete),
     CreateBinding {
         source: pb::EntitlementRef,
@@ -76,6 +82,7 @@ pub(super) enum Op {
 )]
 pub(super) enum Done {
     Written(WriteOutcome),
+    /// What an [`Op::Delete`] came to.
     Tombstoned(DeleteOutcome),
     Created(StoredBinding),
     Deleted,

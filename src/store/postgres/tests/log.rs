@@ -54,21 +54,39 @@ async fn a_commit_on_one_replica_reaches_the_subscribers_of_another() {
         }
         assert_eq!(b.head().await.unwrap(), 3);
         // a listens as well; b's writes are announced to a.
-        let expected = if listen { 2 } else { 1 };
-        let mut listening = 0;
-        for _ in 0..100 {
-            listening = listening_sessions(&schema).await;
-            if listening == expected {
-                break;
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert_eq!(listening, expected, "listen: {listen}");
+        wait_for_listeners(&schema, if listen { 2 } else { 1 }).await;
         let record = written(&b, put(resource(&key(1), "hook-b"))).await;
         wait_for_head(&a, record.change_seq).await;
         a.close().await.unwrap();
         b.close().await.unwrap();
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_listen_connection_is_made_again() {
+    let schema = schema_or_skip!();
+    let a = schema.open().await;
+    let b = schema.open().await;
+    wait_for_listeners(&schema, 2).await;
+    assert!(schema.terminate_sessions().await >= 2);
+    wait_for_listeners(&schema, 2).await;
+    let record = written(&a, put(resource(&key(0), "hook"))).await;
+    wait_for_head(&b, record.change_seq).await;
+    a.close().await.unwrap();
+    b.close().await.unwrap();
+}
+
+/// Waits until exactly `expected` sessions of the stores of `schema` listen.
+async fn wait_for_listeners(schema: &TestSchema, expected: i64) {
+    let mut listening = 0;
+    for _ in 0..100 {
+        listening = listening_sessions(schema).await;
+        if listening == expected {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(listening, expected, "listening sessions");
 }
 
 /// The stores' sessions of `schema` whose last statement was a LISTEN.
