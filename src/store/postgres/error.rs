@@ -36,6 +36,12 @@ pub enum OpenError {
         #[source]
         source: tokio_postgres::Error,
     },
+    #[error("cannot fill version {version} of the PostgreSQL schema: {}", chain(.source))]
+    Backfill {
+        version: i32,
+        #[source]
+        source: super::schema::BackfillError,
+    },
     #[error("cannot build the PostgreSQL connection pool: {0}")]
     Pool(#[from] deadpool_postgres::BuildError),
     #[error("cannot start the PostgreSQL writer thread")]
@@ -85,6 +91,10 @@ pub(super) enum Failure {
     Pool(#[source] deadpool_postgres::PoolError),
     #[error("the writer answered another kind of operation")]
     WrongAnswer,
+    #[error("a change log position ({0}) is out of range")]
+    Sequence(i64),
+    #[error("a change log entry does not decode")]
+    Change(#[source] crate::store::changes::DecodeError),
 }
 
 impl From<Failure> for StoreError {
@@ -104,7 +114,9 @@ impl From<Failure> for StoreError {
             | Failure::Time(_)
             | Failure::NoSchema
             | Failure::Pool(_)
-            | Failure::WrongAnswer => StoreError::Internal(Box::new(failure)),
+            | Failure::WrongAnswer
+            | Failure::Sequence(_)
+            | Failure::Change(_) => StoreError::Internal(Box::new(failure)),
         }
     }
 }

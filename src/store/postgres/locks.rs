@@ -29,6 +29,13 @@ impl LockKey {
     }
 }
 
+/// The LISTEN/NOTIFY channel on which the writers of `schema` announce their commits: named
+/// like the write lock, so replicas of one schema share it and other schemas stay apart.
+pub(super) fn changes_channel(schema: &str) -> String {
+    let object = u32::from_ne_bytes(schema_hash(schema).to_ne_bytes());
+    format!("provisiond_changes_{object:08x}")
+}
+
 /// FNV-1a, folded to 32 bits: stable across builds and platforms, which is all a lock key
 /// shared by replicas needs (a collision only makes two schemas share a lock).
 fn schema_hash(schema: &str) -> i32 {

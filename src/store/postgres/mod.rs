@@ -14,9 +14,14 @@
 //! because its pooled connection was found dead is tried once more on a new one (reads are
 //! idempotent); writes are never retried once their check ran.
 //!
+//! Every mutation that stands takes the next position of the change log under that lock, so
+//! the log is numbered in commit order without gaps across replicas. Other replicas' commits
+//! reach [`Store::subscribe`] through LISTEN/NOTIFY and polling (`follow.rs`).
+//!
 //! Tables mirror SQLite's (`schema.rs`); times come from the database's clock.
 
 mod error;
+mod follow;
 mod locks;
 mod lookup;
 mod queries;
@@ -36,11 +41,14 @@ use tokio_postgres::types::ToSql;
 
 pub use self::error::OpenError;
 use self::error::{Failure, chain, connection_lost};
-use self::locks::LockKey;
+use self::follow::{Follower, Listen};
+use self::locks::{LockKey, changes_channel};
 use self::lookup::{LookupStatements, run_check};
 use self::writer::{Done, Job, Op, Writer};
+use super::changes::{ChangeSet, HeadPublisher};
 use super::{
-    BindingQuery, Store, StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
+    BindingQuery, Delete, DeleteOutcome, HistoryEntry, PolicyQuery, RevisionQuery, Store,
+    StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
 };
 use crate::pb;
 
@@ -68,6 +76,9 @@ pub struct PostgresStore {
     writer: Writer,
     pool: Pool,
     target: String,
+    store_id: String,
+    head: HeadPublisher,
+    follower: Follower,
 }
 
 impl PostgresStore {
@@ -81,7 +92,16 @@ impl PostgresStore {
     }
 
     /// [`Self::open`] with a parsed configuration.
-    pub async fn open_config(mut config: tokio_postgres::Config) -> Result<Self, OpenError> {
+    pub async fn open_config(config: tokio_postgres::Config) -> Result<Self, OpenError> {
+        Self::open_config_with(config, true).await
+    }
+
+    /// [`Self::open_config`]; without `listen`, other replicas' commits are learned by polling
+    /// alone (what tests of the fallback need).
+    pub(crate) async fn open_config_with(
+        mut config: tokio_postgres::Config,
+        listen: bool,
+    ) -> Result<Self, OpenError> {
         if config.get_application_name().is_none() {
             config.application_name(APPLICATION_NAME);
         }
@@ -100,8 +120,13 @@ impl PostgresStore {
             config.tcp_user_timeout(KEEPALIVE_IDLE);
         }
         let target = describe(&config);
-        migrate(&config, &target).await?;
-        let writer = Writer::spawn(config.clone()).await?;
+        let opened = migrate(&config, &target).await?;
+        let head = HeadPublisher::new(opened.head);
+        let writer = Writer::spawn(config.clone(), head.clone()).await?;
+        let listen = listen.then(|| Listen {
+            config: config.clone(),
+            channel: changes_channel(&opened.schema),
+        });
         let manager = Manager::from_config(
             config,
             NoTls,
@@ -118,10 +143,14 @@ impl PostgresStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()?;
+        let follower = Follower::spawn(pool.clone(), head.clone(), listen);
         Ok(Self {
             writer,
             pool,
             target,
+            store_id: opened.store_id,
+            head,
+            follower,
         })
     }
 
@@ -249,7 +278,14 @@ pub(crate) fn describe(config: &tokio_postgres::Config) -> String {
     )
 }
 
-async fn migrate(config: &tokio_postgres::Config, target: &str) -> Result<(), OpenError> {
+/// What open learns from the database besides migrating it.
+struct Opened {
+    schema: String,
+    store_id: String,
+    head: u64,
+}
+
+async fn migrate(config: &tokio_postgres::Config, target: &str) -> Result<Opened, OpenError> {
     let connect_failed = |source| OpenError::Connect {
         target: target.to_owned(),
         source,
@@ -263,9 +299,23 @@ async fn migrate(config: &tokio_postgres::Config, target: &str) -> Result<(), Op
         .map_err(connect_failed)?;
     let schema = schema.ok_or(OpenError::NoSchema)?;
     let migrated = schema::migrate(&mut client, LockKey::migrate(&schema)).await;
+    let log = match migrated {
+        Ok(()) => client
+            .query_one(queries::LOG_STATE, &[])
+            .await
+            .and_then(|row| Ok((row.try_get(0)?, row.try_get::<_, i64>(1)?)))
+            .map_err(connect_failed),
+        Err(err) => Err(err),
+    };
     drop(client);
     let _ = connection.await;
-    migrated
+    let (store_id, head) = log?;
+    Ok(Opened {
+        schema,
+        store_id,
+        // The column's CHECK keeps it non-negative.
+        head: u64::try_from(head).unwrap_or_default(),
+    })
 }
 
 impl Store for PostgresStore {
@@ -302,7 +352,9 @@ impl Store for PostgresStore {
         async move {
             match done.await? {
                 Done::Written(outcome) => Ok(outcome),
-                Done::Created(_) | Done::Deleted => Err(Failure::WrongAnswer.into()),
+                Done::Created(_) | Done::Deleted | Done::Tombstoned(_) => {
+                    Err(Failure::WrongAnswer.into())
+                }
             }
         }
     }
@@ -354,7 +406,9 @@ impl Store for PostgresStore {
         async move {
             match done.await? {
                 Done::Created(binding) => Ok(binding),
-                Done::Written(_) | Done::Deleted => Err(Failure::WrongAnswer.into()),
+                Done::Written(_) | Done::Deleted | Done::Tombstoned(_) => {
+                    Err(Failure::WrongAnswer.into())
+                }
             }
         }
     }
@@ -371,7 +425,9 @@ impl Store for PostgresStore {
         async move {
             match done.await? {
                 Done::Deleted => Ok(()),
-                Done::Written(_) | Done::Created(_) => Err(Failure::WrongAnswer.into()),
+                Done::Written(_) | Done::Created(_) | Done::Tombstoned(_) => {
+                    Err(Failure::WrongAnswer.into())
+                }
             }
         }
     }
@@ -416,45 +472,89 @@ impl Store for PostgresStore {
         rows.iter().map(queries::binding_from_row).collect()
     }
 
-    async fn delete(&self, _delete: super::Delete) -> Result<super::DeleteOutcome, StoreError> {
-        todo!("wip")
+    /// The delete is queued when this is called, before the future is first polled.
+    fn delete(
+        &self,
+        delete: Delete,
+    ) -> impl Future<Output = Result<DeleteOutcome, StoreError>> + Send {
+        let done = self.submit(Op::Delete(delete));
+        async move {
+            match done.await? {
+                Done::Tombstoned(outcome) => Ok(outcome),
+                Done::Written(_) | Done::Created(_) | Done::Deleted => {
+                    Err(Failure::WrongAnswer.into())
+                }
+            }
+        }
     }
 
-    async fn list_policies(
-        &self,
-        _query: super::PolicyQuery,
-    ) -> Result<Vec<StoredRevision>, StoreError> {
-        todo!("wip")
+    async fn list_policies(&self, query: PolicyQuery) -> Result<Vec<StoredRevision>, StoreError> {
+        let (after_app, after_entitlement) = query.after.as_ref().map_or(("", ""), |key| {
+            (key.app_id.as_str(), key.entitlement_id.as_str())
+        });
+        let at = queries::seq_param(query.at);
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let params: [&(dyn ToSql + Sync); 5] =
+            [&at, &after_app, &after_entitlement, &query.app_id, &limit];
+        let rows = read_retrying!(self.pool, |client| {
+            async {
+                let statement = client.prepare_cached(queries::LIST_POLICIES).await?;
+                client.query(&statement, &params).await
+            }
+            .await
+        })?;
+        rows.iter().map(queries::revision_from_row).collect()
     }
 
-    async fn list_revisions(
-        &self,
-        _query: super::RevisionQuery,
-    ) -> Result<Vec<super::HistoryEntry>, StoreError> {
-        todo!("wip")
+    async fn list_revisions(&self, query: RevisionQuery) -> Result<Vec<HistoryEntry>, StoreError> {
+        let key = &query.entitlement;
+        let before = query.before.unwrap_or(i64::MAX);
+        let limit = i64::try_from(query.limit).unwrap_or(i64::MAX);
+        let params: [&(dyn ToSql + Sync); 4] = [&key.app_id, &key.entitlement_id, &before, &limit];
+        let rows = read_retrying!(self.pool, |client| {
+            async {
+                let statement = client.prepare_cached(queries::LIST_REVISIONS).await?;
+                client.query(&statement, &params).await
+            }
+            .await
+        })?;
+        rows.iter().map(queries::history_from_row).collect()
     }
 
     fn store_id(&self) -> &str {
-        todo!("wip")
+        &self.store_id
     }
 
     async fn head(&self) -> Result<u64, StoreError> {
-        todo!("wip")
+        let row = read_retrying!(self.pool, |client| {
+            async {
+                let statement = client.prepare_cached(queries::HEAD).await?;
+                client.query_one(&statement, &[]).await
+            }
+            .await
+        })?;
+        queries::seq_from_column(row.try_get(0)?)
     }
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
-        todo!("wip")
+        self.head.subscribe()
     }
 
-    async fn read_changes(
-        &self,
-        _after: u64,
-        _limit: usize,
-    ) -> Result<Vec<super::changes::ChangeSet>, StoreError> {
-        todo!("wip")
+    async fn read_changes(&self, after: u64, limit: usize) -> Result<Vec<ChangeSet>, StoreError> {
+        let after = queries::seq_param(after);
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        let rows = read_retrying!(self.pool, |client| {
+            async {
+                let statement = client.prepare_cached(queries::READ_CHANGES).await?;
+                client.query(&statement, &[&after, &limit]).await
+            }
+            .await
+        })?;
+        rows.iter().map(queries::change_from_row).collect()
     }
 
     async fn close(&self) -> Result<(), StoreError> {
+        self.follower.stop();
         self.pool.close();
         match self.writer.stop() {
             Some(thread) => match tokio::task::spawn_blocking(move || thread.join()).await {

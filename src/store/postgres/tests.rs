@@ -159,6 +159,9 @@ mod store_contract {
     crate::store::contract::store_contract_tests!(PostgresBackend {
         schema: schema_or_skip!()
     });
+    crate::store::contract_log::store_log_contract_tests!(PostgresBackend {
+        schema: schema_or_skip!()
+    });
 }
 
 fn key(n: usize) -> pb::EntitlementRef {
@@ -731,3 +734,5 @@ fn server_conditions_are_unavailable_and_defects_internal() {
         assert!(!is_transient_code(&defect), "{defect:?}");
     }
 }
+
+mod log;

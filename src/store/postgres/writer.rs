@@ -4,6 +4,11 @@
 //! every queued mutation into one transaction, a savepoint each, commits once and only then
 //! answers each caller.
 //!
+//! Each mutation that stands takes the next position of the change log inside its savepoint,
+//! under the lock, so numbering follows commit order across replicas and a mutation rolled back
+//! to its savepoint gives its position back. A batch that wrote something sends its NOTIFY with
+//! its COMMIT, and publishes its newest position to this store's subscribers before it answers.
+//!
 //! The thread owns one connection and a current-thread runtime that drives it: a check is
 //! synchronous caller code whose lookups block on queries, which the thread can do without
 //! tying up the server's runtime.
@@ -22,13 +27,16 @@ use tokio_postgres::types::ToSql;
 use tokio_postgres::{Client, NoTls};
 
 use super::error::{self, Failure, OpenError, chain, connection_lost};
-use super::locks::LockKey;
+use super::locks::{LockKey, changes_channel};
 use super::lookup::{Blocker, LookupStatements, run_check};
 use super::queries::{self, Statements, id_arrays};
 use crate::pb;
 use crate::policy;
+use crate::store::changes::{self, HeadPublisher};
 use crate::store::record::clear_output_fields;
-use crate::store::{StoreError, StoredBinding, StoredRevision, Write, WriteOutcome};
+use crate::store::{
+    Delete, DeleteOutcome, StoreError, StoredBinding, StoredRevision, Write, WriteOutcome,
+};
 
 /// The most mutations one transaction holds: bounds how long the first caller of a batch waits
 /// for the others' checks, and how long other replicas wait for the lock. PostgreSQL caches 64
@@ -53,6 +61,8 @@ const SESSION_SETTINGS: &str =
 )]
 pub(super) enum Op {
     Write(Write),
+    /// A tombstone.
+    Delete(Delete),
     CreateBinding {
         source: pb::EntitlementRef,
         destination: pb::EntitlementRef,
@@ -72,6 +82,8 @@ pub(super) enum Op {
 )]
 pub(super) enum Done {
     Written(WriteOutcome),
+    /// What an [`Op::Delete`] came to.
+    Tombstoned(DeleteOutcome),
     Created(StoredBinding),
     Deleted,
 }
@@ -99,8 +111,12 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread and its first connection; fails as the connection does.
-    pub(super) async fn spawn(config: tokio_postgres::Config) -> Result<Self, OpenError> {
+    /// Starts the thread and its first connection; fails as the connection does. The thread
+    /// advances `head` after each commit, before it answers the batch.
+    pub(super) async fn spawn(
+        config: tokio_postgres::Config,
+        head: HeadPublisher,
+    ) -> Result<Self, OpenError> {
         let (jobs, queue) = mpsc::channel();
         let (ready, connected) = oneshot::channel();
         let commits = Arc::new(AtomicU64::new(0));
@@ -119,7 +135,7 @@ impl Writer {
                             return;
                         }
                     };
-                    let mut session = Session::new(runtime, config);
+                    let mut session = Session::new(runtime, config, head);
                     match session.connect() {
                         Ok(()) => {
                             let _ = ready.send(Ok(()));
@@ -214,6 +230,8 @@ pub(super) struct Conn {
     statements: Statements,
     /// BEGIN and the write lock, one round trip.
     begin: String,
+    /// NOTIFY and COMMIT: other replicas learn of the commit when it happens.
+    notify_and_commit: String,
     /// The server process of the connection, for tests that end it.
     #[cfg_attr(not(test), expect(dead_code, reason = "read by tests"))]
     pid: i32,
@@ -235,6 +253,9 @@ pub(super) struct Session {
     config: tokio_postgres::Config,
     conn: Option<Conn>,
     broken: Cell<bool>,
+    /// The log position of the last mutation of the open transaction that stands, if any.
+    last_seq: Cell<Option<u64>>,
+    head: HeadPublisher,
     /// Runs just before the next COMMIT, with the server process id of the connection.
     #[cfg(test)]
     pub(super) before_commit: Option<Box<dyn FnOnce(i32) + Send>>,
@@ -278,12 +299,14 @@ impl Blocker for Session {
 }
 
 impl Session {
-    fn new(runtime: Runtime, config: tokio_postgres::Config) -> Self {
+    fn new(runtime: Runtime, config: tokio_postgres::Config, head: HeadPublisher) -> Self {
         Self {
             runtime,
             config,
             conn: None,
             broken: Cell::new(false),
+            last_seq: Cell::new(None),
+            head,
             #[cfg(test)]
             before_commit: None,
         }
@@ -316,7 +339,8 @@ impl Session {
         });
         let (schema, pid, statements): (Option<String>, i32, _) =
             prepared.map_err(ConnectFailure::Postgres)?;
-        let lock = LockKey::write(&schema.ok_or(ConnectFailure::NoSchema)?);
+        let schema = schema.ok_or(ConnectFailure::NoSchema)?;
+        let lock = LockKey::write(&schema);
         self.conn = Some(Conn {
             client,
             statements,
@@ -324,6 +348,7 @@ impl Session {
                 "BEGIN ISOLATION LEVEL READ COMMITTED; SELECT pg_advisory_xact_lock({}, {})",
                 lock.class, lock.object
             ),
+            notify_and_commit: format!("NOTIFY {}; COMMIT", changes_channel(&schema)),
             pid,
         });
         Ok(())
@@ -337,6 +362,7 @@ impl Session {
     /// Opens the batch's transaction and takes the write lock. A connection found broken here
     /// is replaced once at once: nothing of the batch has run, so trying again is safe.
     fn begin(&mut self) -> Result<(), StoreError> {
+        self.last_seq.set(None);
         let mut retried = false;
         loop {
             let usable = !self.broken.get()
@@ -381,6 +407,7 @@ impl Session {
         let conn = self.conn.as_ref().expect("in a transaction");
         let staged = match op {
             Op::Write(write) => self.stage_write(conn, write),
+            Op::Delete(delete) => self.stage_tombstone(conn, delete),
             Op::CreateBinding {
                 source,
                 destination,
@@ -399,6 +426,7 @@ impl Session {
                 err @ (StoreError::RevisionMismatch { .. }
                 | StoreError::AlreadyExists
                 | StoreError::NotFound
+                | StoreError::HasDependants { .. }
                 | StoreError::InUse { .. }),
             ) => (Err(err), false),
             Err(err) => (Err(err), true),
@@ -412,16 +440,16 @@ impl Session {
         }
     }
 
-    /// Precondition, implicit bindings, check, then the new record and its edges; returns
-    /// whether the savepoint holds changes to undo (implicit bindings of a write that does not
-    /// stand).
+    /// Preconditions, implicit bindings, check, then the new record, its edges and its log
+    /// entry; returns whether the savepoint holds changes to undo (implicit bindings of a write
+    /// that does not stand).
     fn stage_write(&self, conn: &Conn, write: Write) -> Result<(Done, bool), StoreError> {
         let Write {
             mut resource,
             delegation_targets,
             implicit_binding_sources,
             expected_revision,
-            create_only: _,
+            create_only,
             validate_only,
             check,
         } = write;
@@ -442,25 +470,43 @@ impl Session {
         let current: Option<i64> = head.try_get(1)?;
         let created: Option<i64> = head.try_get(2)?;
         let updated: Option<i64> = head.try_get(3)?;
-        if let Some(expected) = expected_revision
-            && current.unwrap_or(0) != expected
-        {
-            return Err(StoreError::RevisionMismatch {
-                expected,
-                actual: current,
-            });
+        let deleted = head.try_get::<_, Option<bool>>(4)?.unwrap_or(false);
+        check_expected(expected_revision, current.filter(|_| !deleted))?;
+        if create_only && current.is_some() && !deleted {
+            return Err(StoreError::AlreadyExists);
         }
 
+        let mut new_bindings = Vec::new();
         if !implicit_binding_sources.is_empty() {
             let (apps, entitlements) = id_arrays(&implicit_binding_sources);
-            self.block(client.execute(
+            let rows = self.block(client.query(
                 &statements.insert_implicit_bindings,
                 &[&apps, &entitlements, &key.app_id, &key.entitlement_id],
             ))?;
+            let mut inserted = Vec::with_capacity(rows.len());
+            for row in &rows {
+                let source = pb::EntitlementRef {
+                    app_id: row.try_get(0)?,
+                    entitlement_id: row.try_get(1)?,
+                };
+                inserted.push((source, queries::time_from_micros(row.try_get(2)?)?));
+            }
+            // In the order the write named them, as SQLite logs them.
+            for source in &implicit_binding_sources {
+                if let Some(at) = inserted.iter().position(|(s, _)| s == source) {
+                    let (source, create_time) = inserted.swap_remove(at);
+                    new_bindings.push(StoredBinding {
+                        source,
+                        destination: key.clone(),
+                        implicit: true,
+                        create_time,
+                    });
+                }
+            }
         }
 
         let violations = run_check(check, client, conn.lookup_statements(), self)?;
-        let created_bindings = !implicit_binding_sources.is_empty();
+        let created_bindings = !new_bindings.is_empty();
         if policy::has_errors(&violations) {
             let outcome = WriteOutcome::Rejected { violations };
             return Ok((Done::Written(outcome), created_bindings));
@@ -470,46 +516,153 @@ impl Session {
         let update_time = updated.map_or(now, |updated| now.max(updated));
         let revision = current.map_or(1, |current| current + 1);
         let create_time = created.unwrap_or(update_time);
-        if !validate_only {
-            let bytes = resource.encode_to_vec();
-            let (apps, entitlements) = id_arrays(&delegation_targets);
-            let [app_id, entitlement_id] = key_params;
-            let revision_params: [&(dyn ToSql + Sync); 5] =
-                [app_id, entitlement_id, &revision, &bytes, &update_time];
-            let policy_params: [&(dyn ToSql + Sync); 6] = [
-                app_id,
-                entitlement_id,
-                &bytes,
-                &revision,
-                &create_time,
-                &update_time,
-            ];
-            let edge_params: [&(dyn ToSql + Sync); 4] =
-                [app_id, entitlement_id, &apps, &entitlements];
-            // Pipelined: one round trip for the four statements.
-            self.block(async {
-                tokio::try_join!(
-                    client.execute(&statements.insert_revision, &revision_params),
-                    client.execute(&statements.upsert_policy, &policy_params),
-                    client.execute(&statements.delete_edges, &key_params),
-                    async {
-                        if apps.is_empty() {
-                            return Ok(0);
-                        }
-                        client.execute(&statements.insert_edges, &edge_params).await
-                    },
-                )
-            })?;
-        }
-        let record = StoredRevision {
+        let mut record = StoredRevision {
             resource,
             revision,
             create_time: queries::time_from_micros(create_time)?,
             update_time: queries::time_from_micros(update_time)?,
-            change_seq: 0, // wip
+            change_seq: 0,
         };
+        if validate_only {
+            let outcome = WriteOutcome::Written { record, violations };
+            return Ok((Done::Written(outcome), created_bindings));
+        }
+        let bytes = record.resource.encode_to_vec();
+        let mut log = vec![changes::put(&record)];
+        log.extend(new_bindings.iter().map(changes::binding_created));
+        let payload = changes::encode(log, update_time);
+        let (apps, entitlements) = id_arrays(&delegation_targets);
+        let [app_id, entitlement_id] = key_params;
+        let revision_params: [&(dyn ToSql + Sync); 6] = [
+            app_id,
+            entitlement_id,
+            &revision,
+            &bytes,
+            &update_time,
+            &false,
+        ];
+        let policy_params: [&(dyn ToSql + Sync); 7] = [
+            app_id,
+            entitlement_id,
+            &bytes,
+            &revision,
+            &create_time,
+            &update_time,
+            &false,
+        ];
+        let edge_params: [&(dyn ToSql + Sync); 4] = [app_id, entitlement_id, &apps, &entitlements];
+        let change_params: [&(dyn ToSql + Sync); 2] = [&update_time, &payload];
+        // Pipelined: one round trip. Statements run in order, so the revision and the log entry
+        // read the position the first one took.
+        let (seq, ..) = self.block(async {
+            tokio::try_join!(
+                client.query_one(&statements.next_seq, &[]),
+                client.execute(&statements.insert_revision, &revision_params),
+                client.execute(&statements.upsert_policy, &policy_params),
+                client.execute(&statements.delete_edges, &key_params),
+                async {
+                    if apps.is_empty() {
+                        return Ok(0);
+                    }
+                    client.execute(&statements.insert_edges, &edge_params).await
+                },
+                client.execute(&statements.append_change, &change_params),
+            )
+        })?;
+        record.change_seq = self.took(&seq)?;
         let outcome = WriteOutcome::Written { record, violations };
-        Ok((Done::Written(outcome), validate_only && created_bindings))
+        Ok((Done::Written(outcome), false))
+    }
+
+    /// Preconditions, dependants, then the tombstone: the head's resource replaced by the bare
+    /// entitlement, its edges dropped, and a DELETE entry carrying the last live resource.
+    fn stage_tombstone(&self, conn: &Conn, delete: Delete) -> Result<(Done, bool), StoreError> {
+        let Delete {
+            entitlement: key,
+            expected_revision,
+            validate_only,
+            allow_missing,
+        } = delete;
+        let (client, statements) = (&conn.client, &conn.statements);
+        let key_params: [&(dyn ToSql + Sync); 2] = [&key.app_id, &key.entitlement_id];
+        let (_, head, dependants) = self.block(async {
+            tokio::try_join!(
+                client.batch_execute("SAVEPOINT job"),
+                client.query_one(&statements.delete_head, &key_params),
+                client.query(&statements.dependants, &key_params),
+            )
+        })?;
+        let now: i64 = head.try_get(0)?;
+        let current: Option<i64> = head.try_get(1)?;
+        let deleted = head.try_get::<_, Option<bool>>(4)?.unwrap_or(false);
+        let Some(revision) = current.filter(|_| !deleted) else {
+            return match allow_missing {
+                true => Ok((Done::Tombstoned(DeleteOutcome::Missing), false)),
+                false => Err(StoreError::NotFound),
+            };
+        };
+        check_expected(expected_revision, Some(revision))?;
+        let dependents = queries::refs_from_rows(&dependants)?;
+        if !dependents.is_empty() {
+            return Err(StoreError::HasDependants { dependents });
+        }
+        let created: i64 = head.try_get(2)?;
+        let updated: i64 = head.try_get(3)?;
+        let update_time = now.max(updated);
+        let tombstone = revision + 1;
+        if validate_only {
+            let outcome = DeleteOutcome::Deleted {
+                revision: tombstone,
+                change_seq: 0,
+            };
+            return Ok((Done::Tombstoned(outcome), false));
+        }
+        let last = StoredRevision {
+            resource: queries::decode_resource(head.try_get(5)?)?,
+            revision,
+            create_time: queries::time_from_micros(created)?,
+            update_time: queries::time_from_micros(updated)?,
+            change_seq: queries::seq_from_column(head.try_get(6)?)?,
+        };
+        let bytes = pb::EntitlementProvisionPolicy {
+            entitlement: Some(key.clone()),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        let payload = changes::encode(vec![changes::delete(tombstone, &last)], update_time);
+        let [app_id, entitlement_id] = key_params;
+        let revision_params: [&(dyn ToSql + Sync); 6] = [
+            app_id,
+            entitlement_id,
+            &tombstone,
+            &bytes,
+            &update_time,
+            &true,
+        ];
+        let policy_params: [&(dyn ToSql + Sync); 7] = [
+            app_id,
+            entitlement_id,
+            &bytes,
+            &tombstone,
+            &created,
+            &update_time,
+            &true,
+        ];
+        let change_params: [&(dyn ToSql + Sync); 2] = [&update_time, &payload];
+        let (seq, ..) = self.block(async {
+            tokio::try_join!(
+                client.query_one(&statements.next_seq, &[]),
+                client.execute(&statements.insert_revision, &revision_params),
+                client.execute(&statements.upsert_policy, &policy_params),
+                client.execute(&statements.delete_edges, &key_params),
+                client.execute(&statements.append_change, &change_params),
+            )
+        })?;
+        let outcome = DeleteOutcome::Deleted {
+            revision: tombstone,
+            change_seq: self.took(&seq)?,
+        };
+        Ok((Done::Tombstoned(outcome), false))
     }
 
     fn stage_create(
@@ -534,13 +687,14 @@ impl Session {
             )
         })?;
         let row = row.ok_or(StoreError::AlreadyExists)?;
-        let create_time = queries::time_from_micros(row.try_get(0)?)?;
+        let micros: i64 = row.try_get(0)?;
         let binding = StoredBinding {
             source,
             destination,
             implicit,
-            create_time,
+            create_time: queries::time_from_micros(micros)?,
         };
+        self.log(conn, micros, vec![changes::binding_created(&binding)])?;
         Ok((Done::Created(binding), false))
     }
 
@@ -563,17 +717,53 @@ impl Session {
                 client.query_one(&conn.statements.delete_binding, &params),
             )
         })?;
-        let (found, used): (bool, bool) = (row.try_get(0)?, row.try_get(1)?);
-        if !found {
+        let implicit: Option<bool> = row.try_get(0)?;
+        let create_time: Option<i64> = row.try_get(1)?;
+        let (used, now): (bool, i64) = (row.try_get(2)?, row.try_get(3)?);
+        let (Some(implicit), Some(create_time)) = (implicit, create_time) else {
             return Err(StoreError::NotFound);
-        }
+        };
         if used {
             // Only the destination's own resource can delegate through a binding into it.
             return Err(StoreError::InUse {
                 dependents: vec![destination],
             });
         }
+        let binding = StoredBinding {
+            source,
+            destination,
+            implicit,
+            create_time: queries::time_from_micros(create_time)?,
+        };
+        self.log(conn, now, vec![changes::binding_deleted(&binding)])?;
         Ok((Done::Deleted, false))
+    }
+
+    /// Takes the next log position and appends `log` there, one round trip.
+    fn log(
+        &self,
+        conn: &Conn,
+        commit_time: i64,
+        log: Vec<pb::PolicyChange>,
+    ) -> Result<u64, StoreError> {
+        let (client, statements) = (&conn.client, &conn.statements);
+        let payload = changes::encode(log, commit_time);
+        let params: [&(dyn ToSql + Sync); 2] = [&commit_time, &payload];
+        let (seq, _) = self.block(async {
+            tokio::try_join!(
+                client.query_one(&statements.next_seq, &[]),
+                client.execute(&statements.append_change, &params),
+            )
+        })?;
+        self.took(&seq)
+    }
+
+    /// The position `next_seq` returned, remembered as the transaction's newest: the mutation
+    /// that took it stands (its statements all succeeded).
+    fn took(&self, row: &tokio_postgres::Row) -> Result<u64, StoreError> {
+        let seq = queries::seq_from_column(row.try_get(0)?)?;
+        self.last_seq.set(Some(seq));
+        Ok(seq)
     }
 
     /// Commits the batch and answers it. A COMMIT that fails, or whose answer is lost with the
@@ -584,9 +774,18 @@ impl Session {
             hook(pid);
         }
         let conn = self.conn.as_ref().expect("in a transaction");
-        match self.block(conn.client.batch_execute("COMMIT")) {
+        let last_seq = self.last_seq.take();
+        let commit = match last_seq {
+            Some(_) => conn.notify_and_commit.as_str(),
+            None => "COMMIT",
+        };
+        match self.block(conn.client.batch_execute(commit)) {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
+                // Before any caller hears of its write, as `Store::subscribe` promises.
+                if let Some(seq) = last_seq {
+                    self.head.advance(seq);
+                }
                 for (reply, answer) in answers {
                     // The caller may have gone away; its write stands regardless.
                     let _ = reply.send(answer);
@@ -598,9 +797,8 @@ impl Session {
                     writes = answers.len(),
                     "COMMIT failed; every write of the batch is answered as failed"
                 );
-                if self.broken.get() {
-                    self.drop_connection();
-                }
+                // A failed NOTIFY would leave the transaction open: end it either way.
+                self.abandon();
                 answer_all_failed(answers.into_iter().map(|(reply, _)| reply), err);
             }
         }
@@ -679,6 +877,17 @@ fn commit_batch(session: &mut Session, batch: Vec<(Op, Reply)>, commits: &Atomic
             }));
         }
         session.abandon();
+    }
+}
+
+/// The precondition of a write or delete; `current` is `None` when there is no live resource.
+fn check_expected(expected: Option<i64>, current: Option<i64>) -> Result<(), StoreError> {
+    match expected {
+        Some(expected) if current.unwrap_or(0) != expected => Err(StoreError::RevisionMismatch {
+            expected,
+            actual: current,
+        }),
+        _ => Ok(()),
     }
 }
 
