@@ -45,6 +45,7 @@ impl EchoService {
             set: Arc::new(pb::SetProvisionPolicyResponse {
                 policy: get_reply().policy,
                 warnings: Vec::new(),
+                change_cursor: String::new(),
             }),
             validate: Arc::new(pb::ValidateProvisionPolicyResponse {
                 valid: true,

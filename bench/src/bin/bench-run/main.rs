@@ -482,6 +482,7 @@ async fn seed<S: Store>(open: impl std::future::Future<Output = S>, count: u64) 
                     delegation_targets: Vec::new(),
                     implicit_binding_sources: Vec::new(),
                     expected_revision: None,
+                    create_only: false,
                     validate_only: false,
                     check: Box::new(|_| Ok(Vec::new())),
                 })
@@ -544,6 +545,7 @@ async fn check_replies(echo: &Server, service: &Server, bodies: &Bodies) -> (usi
                 policy: Some(fixtures::five_step(fixtures::entitlement(1), 1)),
                 etag: String::new(),
                 validate_only: false,
+                create_only: false,
             })
             .await
             .unwrap_or_else(|status| panic!("{} Set: {status:?}", server.label));
