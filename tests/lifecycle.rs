@@ -8,25 +8,6 @@ use provisiond::pb;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-async fn set(
-    client: &mut Client,
-    ent: &pb::EntitlementRef,
-    hook: &str,
-) -> pb::SetProvisionPolicyResponse {
-    client
-        .set_provision_policy(set_request(resource(ent.clone(), webhook(hook)), ""))
-        .await
-        .expect("set")
-        .into_inner()
-}
-
-fn delete_request(ent: &pb::EntitlementRef) -> pb::DeleteProvisionPolicyRequest {
-    pb::DeleteProvisionPolicyRequest {
-        entitlement: Some(ent.clone()),
-        ..Default::default()
-    }
-}
-
 fn history_request(
     ent: &pb::EntitlementRef,
     page_size: i32,
@@ -74,8 +55,11 @@ async fn delete_writes_a_tombstone_that_history_shows_and_revisions_go_on_from()
     let server = TestServer::start().await;
     let mut client = server.client.clone();
     let ent = entitlement("github", "admins");
-    set(&mut client, &ent, "hook-1").await;
-    let second = set(&mut client, &ent, "hook-2").await.policy.unwrap();
+    set_webhook(&mut client, &ent, "hook-1").await;
+    let second = set_webhook(&mut client, &ent, "hook-2")
+        .await
+        .policy
+        .unwrap();
 
     let deleted = client
         .delete_provision_policy(pb::DeleteProvisionPolicyRequest {
@@ -131,7 +115,10 @@ async fn delete_writes_a_tombstone_that_history_shows_and_revisions_go_on_from()
         .await
         .expect_err("stale etag");
     assert_eq!(stale.code(), Code::Aborted);
-    let again = set(&mut client, &ent, "hook-4").await.policy.unwrap();
+    let again = set_webhook(&mut client, &ent, "hook-4")
+        .await
+        .policy
+        .unwrap();
     assert_eq!(again.revision, 4);
     assert_eq!(again.etag, "\"4\"");
 }
@@ -163,7 +150,7 @@ async fn delete_errors_carry_their_details() {
         .into_inner();
     assert_eq!(lenient, pb::DeleteProvisionPolicyResponse::default());
 
-    set(&mut client, &target, "hook").await;
+    set_webhook(&mut client, &target, "hook").await;
     client
         .set_provision_policy(set_request(
             resource(dependant.clone(), delegated(&target, true)),
@@ -243,7 +230,7 @@ async fn history_pages_newest_first_and_its_tokens_are_bound() {
     let mut client = server.client.clone();
     let ent = entitlement("aws", "readers");
     for n in 1..=5 {
-        set(&mut client, &ent, &format!("hook-{n}")).await;
+        set_webhook(&mut client, &ent, &format!("hook-{n}")).await;
     }
     let mut revisions = Vec::new();
     let mut request = history_request(&ent, 2);
@@ -298,8 +285,11 @@ async fn rollback_writes_an_old_revision_again_after_every_check_of_today() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
     let ent = entitlement("okta", "admins");
-    set(&mut client, &ent, "hook-1").await;
-    let current = set(&mut client, &ent, "hook-2").await.policy.unwrap();
+    set_webhook(&mut client, &ent, "hook-1").await;
+    let current = set_webhook(&mut client, &ent, "hook-2")
+        .await
+        .policy
+        .unwrap();
 
     let stale = client
         .rollback_provision_policy(pb::RollbackProvisionPolicyRequest {
@@ -389,13 +379,13 @@ async fn a_rollback_that_would_close_a_cycle_today_is_refused() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
     let (a, b) = (entitlement("app", "a"), entitlement("app", "b"));
-    set(&mut client, &b, "hook").await;
+    set_webhook(&mut client, &b, "hook").await;
     // a@1 delegates to b; a@2 does not.
     client
         .set_provision_policy(set_request(resource(a.clone(), delegated(&b, true)), ""))
         .await
         .expect("a -> b");
-    set(&mut client, &a, "hook").await;
+    set_webhook(&mut client, &a, "hook").await;
     // Now b delegates to a: a@1 would close a -> b -> a.
     client
         .set_provision_policy(set_request(resource(b.clone(), delegated(&a, true)), ""))
@@ -485,14 +475,14 @@ async fn listing_pages_stay_at_the_first_pages_snapshot() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
     for n in 0..5 {
-        set(
+        set_webhook(
             &mut client,
             &entitlement("list-app", &format!("e{n}")),
             "hook-1",
         )
         .await;
     }
-    set(&mut client, &entitlement("other-app", "x"), "hook-1").await;
+    set_webhook(&mut client, &entitlement("other-app", "x"), "hook-1").await;
     let request = |page_token: String| pb::ListProvisionPoliciesRequest {
         app_id: "list-app".into(),
         page_size: 2,
@@ -506,12 +496,12 @@ async fn listing_pages_stay_at_the_first_pages_snapshot() {
     assert_eq!(first.policies.len(), 2);
     assert!(!first.read_at.is_empty());
     // Writes between pages: a change, a delete and a new policy, none of them in this listing.
-    set(&mut client, &entitlement("list-app", "e3"), "hook-2").await;
+    set_webhook(&mut client, &entitlement("list-app", "e3"), "hook-2").await;
     client
         .delete_provision_policy(delete_request(&entitlement("list-app", "e4")))
         .await
         .unwrap();
-    set(&mut client, &entitlement("list-app", "e5"), "hook-1").await;
+    set_webhook(&mut client, &entitlement("list-app", "e5"), "hook-1").await;
 
     let mut seen: Vec<(String, i64)> = first
         .policies
@@ -590,8 +580,8 @@ async fn write_responses_carry_the_cursor_of_their_commit() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
     let ent = entitlement("pagerduty", "responders");
-    let first = set(&mut client, &ent, "hook-1").await;
-    let second = set(&mut client, &ent, "hook-2").await;
+    let first = set_webhook(&mut client, &ent, "hook-1").await;
+    let second = set_webhook(&mut client, &ent, "hook-2").await;
     assert!(!first.change_cursor.is_empty());
     assert_ne!(first.change_cursor, second.change_cursor);
     let dry = client

@@ -65,18 +65,6 @@ async fn next_change(
     }
 }
 
-async fn set(
-    client: &mut Client,
-    ent: &pb::EntitlementRef,
-    hook: &str,
-) -> pb::SetProvisionPolicyResponse {
-    client
-        .set_provision_policy(set_request(resource(ent.clone(), webhook(hook)), ""))
-        .await
-        .expect("set")
-        .into_inner()
-}
-
 fn kinds(message: &pb::WatchProvisionPoliciesResponse) -> Vec<Kind> {
     message
         .changes
@@ -94,22 +82,15 @@ fn put_of(message: &pb::WatchProvisionPoliciesResponse) -> (String, i64) {
     )
 }
 
-fn delete_request(ent: &pb::EntitlementRef) -> pb::DeleteProvisionPolicyRequest {
-    pb::DeleteProvisionPolicyRequest {
-        entitlement: Some(ent.clone()),
-        ..Default::default()
-    }
-}
-
 #[tokio::test]
 async fn a_resumed_watch_delivers_the_rest_exactly_once_in_order() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
-    let start = set(&mut client, &entitlement("app", "start"), "hook")
+    let start = set_webhook(&mut client, &entitlement("app", "start"), "hook")
         .await
         .change_cursor;
     for n in 0..10 {
-        set(&mut client, &entitlement("app", &format!("e{n}")), "hook").await;
+        set_webhook(&mut client, &entitlement("app", &format!("e{n}")), "hook").await;
     }
     let mut stream = open(&mut client, watch_from(&start)).await;
     let mut cursors = Vec::new();
@@ -141,7 +122,9 @@ async fn an_implicit_delegation_is_one_message_and_failed_writes_are_none() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
     let (target, key) = (entitlement("okta", "target"), entitlement("github", "key"));
-    let start = set(&mut client, &target, "hook").await.change_cursor;
+    let start = set_webhook(&mut client, &target, "hook")
+        .await
+        .change_cursor;
     let mut stream = open(&mut client, watch_from(&start)).await;
 
     // Refused, aborted and validate-only writes: no event.
@@ -197,12 +180,12 @@ async fn bad_cursors_fail_the_call_loudly() {
     let other = TestServer::start().await;
     let mut client = server.client.clone();
     let mut other_client = other.client.clone();
-    set(&mut client, &entitlement("app", "a"), "hook").await;
-    let foreign = set(&mut other_client, &entitlement("app", "a"), "hook")
+    set_webhook(&mut client, &entitlement("app", "a"), "hook").await;
+    let foreign = set_webhook(&mut other_client, &entitlement("app", "a"), "hook")
         .await
         .change_cursor;
     let page_token = {
-        set(&mut client, &entitlement("app", "b"), "hook").await;
+        set_webhook(&mut client, &entitlement("app", "b"), "hook").await;
         let request = pb::ListProvisionPoliciesRequest {
             page_size: 1,
             ..Default::default()
@@ -242,7 +225,7 @@ async fn a_cursor_ahead_of_a_restored_store_is_out_of_range() {
     };
     let server = TestServer::start_with(at(live.path())).await;
     let mut client = server.client.clone();
-    set(&mut client, &entitlement("app", "a"), "hook-1").await;
+    set_webhook(&mut client, &entitlement("app", "a"), "hook-1").await;
     server.stop().await;
     for file in std::fs::read_dir(live.path()).unwrap() {
         let file = file.unwrap();
@@ -250,7 +233,7 @@ async fn a_cursor_ahead_of_a_restored_store_is_out_of_range() {
     }
     let server = TestServer::start_with(at(live.path())).await;
     let mut client = server.client.clone();
-    let later = set(&mut client, &entitlement("app", "a"), "hook-2")
+    let later = set_webhook(&mut client, &entitlement("app", "a"), "hook-2")
         .await
         .change_cursor;
     server.stop().await;
@@ -276,7 +259,7 @@ async fn list_then_watch_rebuilds_the_true_state_while_writes_run() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
     for n in 0..20 {
-        set(
+        set_webhook(
             &mut client,
             &entitlement("lw", &format!("e{n:02}")),
             "hook-0",
@@ -293,7 +276,7 @@ async fn list_then_watch_rebuilds_the_true_state_while_writes_run() {
                     if n % 2 == 0 && round == 2 {
                         let _ = client.delete_provision_policy(delete_request(&ent)).await;
                     } else {
-                        set(&mut client, &ent, &format!("hook-{round}")).await;
+                        set_webhook(&mut client, &ent, &format!("hook-{round}")).await;
                     }
                 }
             }
@@ -367,7 +350,7 @@ async fn list_then_watch_rebuilds_the_true_state_while_writes_run() {
 async fn checkpoints_come_when_idle_and_advance_past_filtered_writes() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
-    let start = set(&mut client, &entitlement("seen", "a"), "hook")
+    let start = set_webhook(&mut client, &entitlement("seen", "a"), "hook")
         .await
         .change_cursor;
     let mut filtered = open(
@@ -383,7 +366,7 @@ async fn checkpoints_come_when_idle_and_advance_past_filtered_writes() {
     assert!(idle.checkpoint && idle.changes.is_empty());
     assert_eq!(idle.cursor, start);
 
-    let hidden = set(&mut client, &entitlement("hidden", "x"), "hook")
+    let hidden = set_webhook(&mut client, &entitlement("hidden", "x"), "hook")
         .await
         .change_cursor;
     let mut moved = next(&mut filtered).await;
@@ -405,7 +388,7 @@ async fn checkpoints_come_when_idle_and_advance_past_filtered_writes() {
         },
     )
     .await;
-    let shown = set(&mut client, &entitlement("seen", "b"), "hook")
+    let shown = set_webhook(&mut client, &entitlement("seen", "b"), "hook")
         .await
         .change_cursor;
     let message = next_change(&mut resumed).await;
@@ -429,13 +412,16 @@ async fn a_set_delete_set_lifecycle_is_put_delete_put_and_a_rollback_a_put() {
         },
     )
     .await;
-    let first = set(&mut client, &ent, "hook-1").await.policy.unwrap();
-    set(&mut client, &other, "hook").await;
+    let first = set_webhook(&mut client, &ent, "hook-1")
+        .await
+        .policy
+        .unwrap();
+    set_webhook(&mut client, &other, "hook").await;
     client
         .delete_provision_policy(delete_request(&ent))
         .await
         .unwrap();
-    set(&mut client, &ent, "hook-3").await;
+    set_webhook(&mut client, &ent, "hook-3").await;
     client
         .rollback_provision_policy(pb::RollbackProvisionPolicyRequest {
             entitlement: Some(ent.clone()),
@@ -476,14 +462,14 @@ async fn initial_state_is_followed_by_exactly_one_checkpoint_then_live_changes()
     let server = TestServer::start().await;
     let mut client = server.client.clone();
     for n in 0..150 {
-        set(
+        set_webhook(
             &mut client,
             &entitlement("init", &format!("e{n:03}")),
             "hook",
         )
         .await;
     }
-    set(&mut client, &entitlement("elsewhere", "x"), "hook").await;
+    set_webhook(&mut client, &entitlement("elsewhere", "x"), "hook").await;
     client
         .delete_provision_policy(delete_request(&entitlement("init", "e007")))
         .await
@@ -521,7 +507,7 @@ async fn initial_state_is_followed_by_exactly_one_checkpoint_then_live_changes()
         .map(|n| format!("e{n:03}"))
         .collect();
     assert_eq!(initial, expected);
-    let live = set(&mut client, &entitlement("init", "late"), "hook")
+    let live = set_webhook(&mut client, &entitlement("init", "late"), "hook")
         .await
         .change_cursor;
     let message = next(&mut stream).await;
@@ -540,7 +526,7 @@ async fn initial_state_is_followed_by_exactly_one_checkpoint_then_live_changes()
 async fn shutdown_ends_every_watch_with_a_checkpoint_then_shutting_down() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
-    let cursor = set(&mut client, &entitlement("stop", "a"), "hook")
+    let cursor = set_webhook(&mut client, &entitlement("stop", "a"), "hook")
         .await
         .change_cursor;
     let mut streams = Vec::new();
@@ -570,7 +556,7 @@ async fn shutdown_ends_every_watch_with_a_checkpoint_then_shutting_down() {
 async fn filters_hold_and_a_thousand_watchers_see_identical_sequences() {
     let server = TestServer::start().await;
     let mut client = server.client.clone();
-    let start = set(&mut client, &entitlement("fan", "start"), "hook")
+    let start = set_webhook(&mut client, &entitlement("fan", "start"), "hook")
         .await
         .change_cursor;
     // The server allows 256 concurrent streams per connection (as a demanding client would
@@ -603,7 +589,7 @@ async fn filters_hold_and_a_thousand_watchers_see_identical_sequences() {
     let mut last = String::new();
     for round in 0..5 {
         for target in &targets {
-            last = set(&mut client, target, &format!("hook-{round}"))
+            last = set_webhook(&mut client, target, &format!("hook-{round}"))
                 .await
                 .change_cursor;
         }

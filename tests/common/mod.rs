@@ -167,3 +167,26 @@ pub fn bad_request_fields(status: &tonic::Status) -> Vec<(String, String)> {
         .map(|v| (v.field.clone(), v.reason.clone()))
         .collect()
 }
+
+/// Sets a webhook policy `hook` on `entitlement`; the write must succeed.
+pub async fn set_webhook(
+    client: &mut Client,
+    entitlement: &pb::EntitlementRef,
+    hook: &str,
+) -> pb::SetProvisionPolicyResponse {
+    client
+        .set_provision_policy(set_request(
+            resource(entitlement.clone(), webhook(hook)),
+            "",
+        ))
+        .await
+        .expect("set")
+        .into_inner()
+}
+
+pub fn delete_request(entitlement: &pb::EntitlementRef) -> pb::DeleteProvisionPolicyRequest {
+    pb::DeleteProvisionPolicyRequest {
+        entitlement: Some(entitlement.clone()),
+        ..Default::default()
+    }
+}
