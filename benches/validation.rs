@@ -29,6 +29,9 @@ impl Lookup for EmptyStore {
     ) -> Result<bool, LookupError> {
         Ok(false)
     }
+    fn dependants(&self, _: &pb::EntitlementRef) -> Result<Vec<pb::EntitlementRef>, LookupError> {
+        Ok(Vec::new())
+    }
 }
 
 fn policies() -> [(&'static str, pb::EntitlementProvisionPolicy); 2] {

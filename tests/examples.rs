@@ -113,6 +113,9 @@ fn variants(policy: &pb::ProvisionPolicy, seen: &mut BTreeSet<&'static str>) {
                 "multi_step"
             }
             Typ::ExternalTicket(_) => "external_ticket",
+            Typ::Unconfigured(_) => "unconfigured",
+            Typ::Action(_) => "action",
+            Typ::DevicePlacement(_) => "device_placement",
         };
         seen.insert(variant);
     }
@@ -149,6 +152,9 @@ fn the_examples_cover_every_arm_and_assignee() {
         "webhook",
         "multi_step",
         "external_ticket",
+        "unconfigured",
+        "action",
+        "device_placement",
     ];
     let missing: Vec<&str> = wanted
         .iter()

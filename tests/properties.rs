@@ -215,6 +215,19 @@ fn leaf() -> impl Strategy<Value = pb::ProvisionPolicy> {
                 }))
             }
         ),
+        (id(), id(), id(), "[A-Za-z ]{0,20}").prop_map(
+            |(action_name, app_id, connector_id, display_name)| {
+                policy(Typ::Action(pb::ActionProvision {
+                    action_name,
+                    app_id,
+                    connector_id,
+                    display_name,
+                }))
+            }
+        ),
+        id().prop_map(|vault_boundary_id| policy(Typ::DevicePlacement(
+            pb::DevicePlacementProvision { vault_boundary_id }
+        ))),
     ]
 }
 
@@ -286,6 +299,9 @@ impl Lookup for AllBound {
         _: &pb::EntitlementRef,
     ) -> Result<bool, LookupError> {
         Ok(true)
+    }
+    fn dependants(&self, _: &pb::EntitlementRef) -> Result<Vec<pb::EntitlementRef>, LookupError> {
+        Ok(Vec::new())
     }
 }
 

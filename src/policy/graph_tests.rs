@@ -55,6 +55,22 @@ impl Lookup for Stored {
     ) -> Result<bool, LookupError> {
         Ok(self.bindings.contains(&(name(source), name(destination))))
     }
+
+    fn dependants(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> Result<Vec<pb::EntitlementRef>, LookupError> {
+        let mut found: Vec<pb::EntitlementRef> = self
+            .policies
+            .iter()
+            .filter(|(owner, targets)| {
+                **owner != name(entitlement) && targets.contains(entitlement)
+            })
+            .map(|(owner, _)| ent(owner))
+            .collect();
+        found.sort_by(|a, b| name(a).cmp(&name(b)));
+        Ok(found)
+    }
 }
 
 fn delegated(target: &str, implicit: bool) -> pb::ProvisionPolicy {

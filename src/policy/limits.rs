@@ -9,6 +9,9 @@ pub const MAX_INSTRUCTIONS_BYTES: usize = 16 * 1024;
 /// A MultiStep has at most this many steps.
 pub const MAX_STEPS: usize = 32;
 
+/// The longest display name (of an action).
+pub const MAX_DISPLAY_NAME_BYTES: usize = 256;
+
 /// MultiSteps nest at most this many levels: a top-level `multi_step` is level 1, a `multi_step`
 /// among its steps level 2, and so on.
 pub const MAX_MULTI_STEP_DEPTH: usize = 4;
@@ -50,3 +53,8 @@ pub const MAX_DELEGATION_CHAIN: usize = 8;
 /// The delegation rules look up at most this many stored entitlements for one resource: the
 /// walk stays bounded however the stored graph grows.
 pub const MAX_DELEGATION_LOOKUPS: usize = 4096;
+
+/// A resolved plan visits at most this many policy nodes, across every delegation it follows:
+/// delegations that fan out (a diamond of multi-steps delegating twice to one target) would
+/// otherwise multiply the work with every level.
+pub const MAX_PLAN_NODES: usize = 4096;

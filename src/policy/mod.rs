@@ -8,6 +8,7 @@
 
 mod cel;
 mod connector;
+pub mod dependents;
 pub mod graph;
 mod ids;
 pub mod limits;
@@ -15,6 +16,7 @@ mod lists;
 mod manual;
 mod node;
 pub mod path;
+pub mod plan;
 pub mod reason;
 mod resource;
 mod text;
@@ -23,6 +25,8 @@ pub mod walk;
 
 #[cfg(test)]
 mod graph_tests;
+#[cfg(test)]
+mod plan_tests;
 #[cfg(test)]
 mod tests;
 
@@ -46,6 +50,35 @@ pub trait Lookup {
         source: &pb::EntitlementRef,
         destination: &pb::EntitlementRef,
     ) -> Result<bool, LookupError>;
+
+    /// The entitlements other than `entitlement` whose current stored resources delegate to it,
+    /// ordered by app id then entitlement id.
+    fn dependants(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> Result<Vec<pb::EntitlementRef>, LookupError>;
+}
+
+/// A consistent read view of everything stored: what the walks that read other entitlements'
+/// policies (plans) need beyond [`Lookup`].
+pub trait Snapshot: Lookup {
+    /// The current stored resource of `entitlement` (without its output-only fields), if any.
+    fn resource(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> Result<Option<pb::EntitlementProvisionPolicy>, LookupError>;
+
+    /// The position of the change log this view shows.
+    fn head(&self) -> Result<u64, LookupError>;
+
+    /// The view as a plain [`Lookup`].
+    fn as_lookup(&self) -> &dyn Lookup;
+}
+
+/// Whether `entitlement` names one with valid ids (what the rules require of a resource's
+/// entitlement).
+pub fn is_entitlement(entitlement: &pb::EntitlementRef) -> bool {
+    ids::is_valid(&entitlement.app_id) && ids::is_valid(&entitlement.entitlement_id)
 }
 
 /// Runs every rule: the static ones, then those that need the store.
@@ -90,6 +123,7 @@ pub fn check_graph(
     graph::check(resource, lookup)
 }
 
+pub mod graph_requests;
 pub mod lifecycle;
 pub mod request;
 pub mod tokens;

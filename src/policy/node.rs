@@ -21,7 +21,7 @@ pub(super) fn check<'a>(
             path,
             reason::REQUIRED,
             "must set exactly one of connector, manual, delegated, webhook, multi_step, \
-             external_ticket",
+             external_ticket, unconfigured, action, device_placement",
         ),
         Some(Typ::Connector(connector)) => {
             connector::check(violations, &path.field("connector"), connector)
@@ -44,7 +44,38 @@ pub(super) fn check<'a>(
         Some(Typ::ExternalTicket(ticket)) => {
             check_external_ticket(violations, &path.field("external_ticket"), ticket)
         }
+        Some(Typ::Unconfigured(_)) => {
+            if node.enclosing_multi_steps > 0 {
+                violations.error(
+                    &path.field("unconfigured"),
+                    reason::UNCONFIGURED_STEP,
+                    "must not be a step of a multi_step: it says a whole policy provisions \
+                     nothing; remove the step",
+                );
+            }
+        }
+        Some(Typ::Action(action)) => check_action(violations, &path.field("action"), action),
+        Some(Typ::DevicePlacement(placement)) => ids::check_required(
+            violations,
+            &path.field("device_placement").field("vault_boundary_id"),
+            &placement.vault_boundary_id,
+        ),
     }
+}
+
+fn check_action(violations: &mut Violations<'_>, path: &Path, action: &pb::ActionProvision) {
+    ids::check_required(violations, &path.field("action_name"), &action.action_name);
+    ids::check_required(violations, &path.field("app_id"), &action.app_id);
+    ids::check_required(
+        violations,
+        &path.field("connector_id"),
+        &action.connector_id,
+    );
+    text::check_display_name(
+        violations,
+        &path.field("display_name"),
+        &action.display_name,
+    );
 }
 
 fn check_delegated(

@@ -19,6 +19,8 @@ pub const DANGLING_DELEGATION: &str = "DANGLING_DELEGATION";
 pub const DELEGATION_CYCLE: &str = "DELEGATION_CYCLE";
 pub const DELEGATION_TOO_DEEP: &str = "DELEGATION_TOO_DEEP";
 pub const MISSING_PROXY_BINDING: &str = "MISSING_PROXY_BINDING";
+/// An `unconfigured` arm as a step of a multi_step.
+pub const UNCONFIGURED_STEP: &str = "UNCONFIGURED_STEP";
 /// More violations than are listed; see [`super::limits::MAX_VIOLATIONS`].
 pub const TOO_MANY_VIOLATIONS: &str = "TOO_MANY_VIOLATIONS";
 

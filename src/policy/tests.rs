@@ -338,8 +338,104 @@ fn typ_is_required_in_every_policy() {
     assert_eq!(
         description(&resource(unset()), P),
         "must set exactly one of connector, manual, delegated, webhook, multi_step, \
-         external_ticket"
+         external_ticket, unconfigured, action, device_placement"
     );
+}
+
+fn unconfigured() -> pb::ProvisionPolicy {
+    policy(Typ::Unconfigured(pb::UnconfiguredProvision {}))
+}
+
+fn action(name: &str, app: &str, connector: &str, display_name: &str) -> pb::ProvisionPolicy {
+    policy(Typ::Action(pb::ActionProvision {
+        action_name: name.into(),
+        app_id: app.into(),
+        connector_id: connector.into(),
+        display_name: display_name.into(),
+    }))
+}
+
+fn device_placement(vault_boundary_id: &str) -> pb::ProvisionPolicy {
+    policy(Typ::DevicePlacement(pb::DevicePlacementProvision {
+        vault_boundary_id: vault_boundary_id.into(),
+    }))
+}
+
+#[test]
+fn unconfigured_is_a_whole_policy_never_a_step() {
+    const STEP: &str = "policy.provision_policy.multi_step.provision_steps[1].unconfigured";
+    run(vec![
+        case("as the provision policy", resource(unconfigured()), &[]),
+        case(
+            "as the deprovision policy",
+            with_deprovision(resource(webhook("wh-1")), unconfigured()),
+            &[],
+        ),
+        case(
+            "as a step",
+            resource(multi(vec![webhook("wh-1"), unconfigured()])),
+            &[(STEP, UNCONFIGURED_STEP, E)],
+        ),
+    ]);
+}
+
+#[test]
+fn action_ids_are_required_and_its_display_name_is_one_line_of_text() {
+    const A: &str = "policy.provision_policy.action";
+    let long = "n".repeat(super::limits::MAX_DISPLAY_NAME_BYTES + 1);
+    run(vec![
+        case(
+            "complete",
+            resource(action("disable_account", "workday", "wd-prod", "Disable")),
+            &[],
+        ),
+        case("no display name", resource(action("a", "b", "c", "")), &[]),
+        case(
+            "missing ids",
+            resource(action("", "", "", "")),
+            &[
+                ("policy.provision_policy.action.action_name", REQUIRED, E),
+                ("policy.provision_policy.action.app_id", REQUIRED, E),
+                ("policy.provision_policy.action.connector_id", REQUIRED, E),
+            ],
+        ),
+        case(
+            "malformed ids",
+            resource(action("disable account", "wd", "c/1", "")),
+            &[
+                ("policy.provision_policy.action.action_name", INVALID_ID, E),
+                ("policy.provision_policy.action.connector_id", INVALID_ID, E),
+            ],
+        ),
+        case(
+            "display name too long",
+            resource(action("a", "b", "c", &long)),
+            &[(&format!("{A}.display_name"), TOO_LONG, E)],
+        ),
+        case(
+            "display name with a newline",
+            resource(action("a", "b", "c", "two\nlines")),
+            &[(&format!("{A}.display_name"), INVALID_TEXT, E)],
+        ),
+    ]);
+}
+
+#[test]
+fn device_placement_needs_its_vault_boundary() {
+    const V: &str = "policy.provision_policy.device_placement.vault_boundary_id";
+    run(vec![
+        case("complete", resource(device_placement("boundary-1")), &[]),
+        case(
+            "missing",
+            resource(device_placement("")),
+            &[(V, REQUIRED, E)],
+        ),
+        case(
+            "malformed",
+            resource(device_placement("has space")),
+            &[(V, INVALID_ID, E)],
+        ),
+    ]);
 }
 
 #[test]

@@ -1,33 +1,50 @@
-//! Free text for people: the instructions of manual and external-ticket provisioning. They end
-//! up in tickets, emails and terminals, where control characters other than newline and tab can
-//! hide or rewrite what is shown.
+//! Free text for people: the instructions of manual and external-ticket provisioning, and the
+//! display names of actions. They end up in tickets, emails and terminals, where control
+//! characters can hide or rewrite what is shown (instructions may hold newlines and tabs).
 
-use super::limits::MAX_INSTRUCTIONS_BYTES;
+use super::limits::{MAX_DISPLAY_NAME_BYTES, MAX_INSTRUCTIONS_BYTES};
 use super::path::Path;
 use super::reason;
 use super::violations::Violations;
 
 pub(super) fn check_instructions(violations: &mut Violations<'_>, path: &Path, text: &str) {
-    if text.len() > MAX_INSTRUCTIONS_BYTES {
+    check_text(violations, path, text, MAX_INSTRUCTIONS_BYTES, true);
+}
+
+/// A one-line name: no control characters at all.
+pub(super) fn check_display_name(violations: &mut Violations<'_>, path: &Path, text: &str) {
+    check_text(violations, path, text, MAX_DISPLAY_NAME_BYTES, false);
+}
+
+fn check_text(
+    violations: &mut Violations<'_>,
+    path: &Path,
+    text: &str,
+    max_bytes: usize,
+    multi_line: bool,
+) {
+    if text.len() > max_bytes {
         violations.error(
             path,
             reason::TOO_LONG,
-            format!(
-                "must be at most {MAX_INSTRUCTIONS_BYTES} bytes, got {}",
-                text.len()
-            ),
+            format!("must be at most {max_bytes} bytes, got {}", text.len()),
         );
     }
+    let allowed = |c: char| multi_line && (c == '\n' || c == '\t');
     let forbidden = text
         .char_indices()
-        .find(|&(_, c)| c.is_control() && c != '\n' && c != '\t');
+        .find(|&(_, c)| c.is_control() && !allowed(c));
     if let Some((at, c)) = forbidden {
+        let what = if multi_line {
+            "control characters other than newline and tab"
+        } else {
+            "control characters"
+        };
         violations.error(
             path,
             reason::INVALID_TEXT,
             format!(
-                "must not contain control characters other than newline and tab, \
-                 found U+{:04X} at byte {at}",
+                "must not contain {what}, found U+{:04X} at byte {at}",
                 c as u32
             ),
         );

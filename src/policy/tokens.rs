@@ -8,6 +8,7 @@ use crate::pb;
 const CURSOR: &str = "cursor/1";
 const POLICY_PAGE: &str = "policies/1";
 const REVISION_PAGE: &str = "revisions/1";
+const DEPENDENTS_PAGE: &str = "dependents/1";
 /// Longer input is garbage: every token this service issues is far shorter.
 const MAX_TOKEN_CHARS: usize = 2048;
 
@@ -106,6 +107,47 @@ impl RevisionPage {
                     entitlement_id: (*entitlement_id).to_owned(),
                 },
                 before: before.parse().ok().filter(|before| *before > 1)?,
+            }),
+            _ => None,
+        })
+    }
+}
+
+/// Where the next page of a ListDependents listing starts: the request's entitlement and
+/// `transitive`, and the last dependent of the previous page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DependentsPage {
+    pub of: pb::EntitlementRef,
+    pub transitive: bool,
+    pub after: pb::EntitlementRef,
+}
+
+impl DependentsPage {
+    pub fn encode(&self) -> String {
+        pack(&[
+            DEPENDENTS_PAGE,
+            &self.of.app_id,
+            &self.of.entitlement_id,
+            if self.transitive { "1" } else { "0" },
+            &self.after.app_id,
+            &self.after.entitlement_id,
+        ])
+    }
+
+    pub fn decode(text: &str) -> Option<Self> {
+        let entitlement = |app_id: &str, entitlement_id: &str| pb::EntitlementRef {
+            app_id: app_id.to_owned(),
+            entitlement_id: entitlement_id.to_owned(),
+        };
+        with_fields(text, |fields| match fields {
+            [DEPENDENTS_PAGE, app, id, transitive, after_app, after_id] => Some(Self {
+                of: entitlement(app, id),
+                transitive: match *transitive {
+                    "1" => true,
+                    "0" => false,
+                    _ => return None,
+                },
+                after: entitlement(after_app, after_id),
             }),
             _ => None,
         })

@@ -2,6 +2,7 @@
 //! response. No rules live here. One module per resource; the trait impl below only routes.
 
 mod bindings;
+mod plans;
 mod policies;
 mod watch;
 
@@ -122,6 +123,20 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
         request: Request<pb::ListProxyBindingsRequest>,
     ) -> Result<Response<pb::ListProxyBindingsResponse>, Status> {
         respond(bindings::list(&*self.store, request.into_inner()).await)
+    }
+
+    async fn resolve_provision_plan(
+        &self,
+        request: Request<pb::ResolveProvisionPlanRequest>,
+    ) -> Result<Response<pb::ResolveProvisionPlanResponse>, Status> {
+        respond(plans::resolve(&*self.store, request.into_inner()).await)
+    }
+
+    async fn list_dependents(
+        &self,
+        request: Request<pb::ListDependentsRequest>,
+    ) -> Result<Response<pb::ListDependentsResponse>, Status> {
+        respond(plans::dependents(&*self.store, request.into_inner()).await)
     }
 
     type WatchProvisionPoliciesStream = watch::ChangeStream;

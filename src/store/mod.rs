@@ -29,7 +29,7 @@ use std::future::Future;
 use std::time::SystemTime;
 
 use crate::pb;
-use crate::policy::{Lookup, LookupError};
+use crate::policy::{Lookup, LookupError, Snapshot};
 
 /// One stored revision of an entitlement's resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -60,6 +60,10 @@ pub struct HistoryEntry {
 /// It returns every violation found; the write happens only when none has severity ERROR.
 pub type WriteCheck =
     Box<dyn FnOnce(&dyn Lookup) -> Result<Vec<pb::PolicyViolation>, LookupError> + Send + 'static>;
+
+/// A read of a consistent view of everything stored, run by [`Store::read_snapshot`].
+pub type SnapshotRead<T> =
+    Box<dyn FnOnce(&dyn Snapshot) -> Result<T, LookupError> + Send + 'static>;
 
 /// A stored proxy binding: `destination` may delegate provisioning to `source`.
 #[derive(Debug, Clone, PartialEq)]
@@ -217,6 +221,12 @@ pub trait Store: Send + Sync + 'static {
         &self,
         check: WriteCheck,
     ) -> impl Future<Output = Result<Vec<pb::PolicyViolation>, StoreError>> + Send;
+
+    /// Runs `read` against one consistent read view of the whole store, writing nothing.
+    fn read_snapshot<T: Send + 'static>(
+        &self,
+        read: SnapshotRead<T>,
+    ) -> impl Future<Output = Result<T, StoreError>> + Send;
 
     /// Stores a new binding (`create_time` is set by the store), or fails with `AlreadyExists`.
     fn create_binding(

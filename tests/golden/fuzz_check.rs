@@ -132,6 +132,19 @@ fn canaries(resource: &pb::EntitlementProvisionPolicy, violations: &[pb::PolicyV
             {
                 Some("a malformed external ticket id")
             }
+            Some(Typ::Action(action))
+                if !valid_id(&action.action_name)
+                    || !valid_id(&action.app_id)
+                    || !valid_id(&action.connector_id) =>
+            {
+                Some("a malformed action id")
+            }
+            Some(Typ::DevicePlacement(placement)) if !valid_id(&placement.vault_boundary_id) => {
+                Some("a malformed vault_boundary_id")
+            }
+            Some(Typ::Unconfigured(_)) if node.enclosing_multi_steps > 0 => {
+                Some("an unconfigured step of a multi_step")
+            }
             _ => None,
         };
         if let Some(what) = must_fail {
@@ -288,5 +301,9 @@ impl Lookup for FuzzLookup {
             &destination.entitlement_id,
         ])
         .is_multiple_of(2))
+    }
+
+    fn dependants(&self, _: &pb::EntitlementRef) -> Result<Vec<pb::EntitlementRef>, LookupError> {
+        Ok(Vec::new())
     }
 }

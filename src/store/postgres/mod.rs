@@ -43,7 +43,7 @@ pub use self::error::OpenError;
 use self::error::{Failure, chain, connection_lost};
 use self::follow::{Follower, Listen};
 use self::locks::{LockKey, changes_channel};
-use self::lookup::{LookupStatements, run_check};
+use self::lookup::{LookupStatements, SnapshotStatements, run_check, run_snapshot};
 use self::writer::{Done, Job, Op, Writer};
 use super::changes::{ChangeSet, HeadPublisher};
 use super::{
@@ -237,16 +237,82 @@ impl Drop for InTransaction {
 }
 
 /// Starts the read-only snapshot a check runs in, and prepares its lookups.
-async fn begin_check(
-    client: &InTransaction,
-) -> Result<(tokio_postgres::Statement, tokio_postgres::Statement), tokio_postgres::Error> {
+/// The statements of a read view, prepared (and cached) on its connection.
+struct ViewStatements {
+    targets: tokio_postgres::Statement,
+    bound: tokio_postgres::Statement,
+    dependants: tokio_postgres::Statement,
+    current: tokio_postgres::Statement,
+    head: tokio_postgres::Statement,
+}
+
+impl ViewStatements {
+    fn snapshot(&self) -> SnapshotStatements<'_> {
+        SnapshotStatements {
+            lookup: LookupStatements {
+                delegation_targets: &self.targets,
+                binding_exists: &self.bound,
+                dependants: &self.dependants,
+            },
+            current: &self.current,
+            head: &self.head,
+        }
+    }
+}
+
+async fn begin_check(client: &InTransaction) -> Result<ViewStatements, tokio_postgres::Error> {
     let object = client.0.as_ref().expect("not released");
     object
         .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         .await?;
-    let targets = object.prepare_cached(queries::DELEGATION_TARGETS).await?;
-    let bound = object.prepare_cached(queries::BINDING_EXISTS).await?;
-    Ok((targets, bound))
+    Ok(ViewStatements {
+        targets: object.prepare_cached(queries::DELEGATION_TARGETS).await?,
+        bound: object.prepare_cached(queries::BINDING_EXISTS).await?,
+        dependants: object.prepare_cached(queries::DEPENDANTS).await?,
+        current: object.prepare_cached(queries::CURRENT).await?,
+        head: object.prepare_cached(queries::HEAD).await?,
+    })
+}
+
+impl PostgresStore {
+    /// Runs `read` on a blocking thread against one REPEATABLE READ READ ONLY snapshot.
+    async fn in_read_view<T: Send + 'static>(
+        &self,
+        read: impl FnOnce(
+            &InTransaction,
+            &ViewStatements,
+            &tokio::runtime::Handle,
+        ) -> Result<T, StoreError>
+        + Send
+        + 'static,
+    ) -> Result<T, StoreError> {
+        let mut retried = false;
+        let (client, statements) = loop {
+            let client = InTransaction(Some(self.pool.get().await.map_err(Failure::Pool)?));
+            match begin_check(&client).await {
+                Ok(statements) => break (client, statements),
+                Err(err) if connection_lost(&err) && !retried => {
+                    tracing::info!(
+                        error = %chain(&err),
+                        "a pooled PostgreSQL connection was lost; retrying the read view"
+                    );
+                    retried = true;
+                }
+                Err(err) => return Err(err.into()),
+            }
+        };
+        let runtime = tokio::runtime::Handle::current();
+        // The rest runs on the blocking thread, so that the transaction ends even if this
+        // future is dropped meanwhile.
+        tokio::task::spawn_blocking(move || {
+            let value = read(&client, &statements, &runtime)?;
+            runtime.block_on(client.batch_execute("COMMIT"))?;
+            client.release();
+            Ok(value)
+        })
+        .await
+        .map_err(Failure::BlockingTask)?
+    }
 }
 
 /// Hosts, ports, database and user of `config`: enough to find the server, never a password.
@@ -360,36 +426,20 @@ impl Store for PostgresStore {
     }
 
     async fn check(&self, check: WriteCheck) -> Result<Vec<pb::PolicyViolation>, StoreError> {
-        let mut retried = false;
-        let (client, targets, bound) = loop {
-            let client = InTransaction(Some(self.pool.get().await.map_err(Failure::Pool)?));
-            match begin_check(&client).await {
-                Ok((targets, bound)) => break (client, targets, bound),
-                Err(err) if connection_lost(&err) && !retried => {
-                    tracing::info!(
-                        error = %chain(&err),
-                        "a pooled PostgreSQL connection was lost; retrying the check"
-                    );
-                    retried = true;
-                }
-                Err(err) => return Err(err.into()),
-            }
-        };
-        let runtime = tokio::runtime::Handle::current();
-        // The rest runs on the blocking thread, so that the transaction ends even if this
-        // future is dropped meanwhile.
-        tokio::task::spawn_blocking(move || {
-            let statements = LookupStatements {
-                delegation_targets: &targets,
-                binding_exists: &bound,
-            };
-            let violations = run_check(check, &client, statements, &runtime)?;
-            runtime.block_on(client.batch_execute("COMMIT"))?;
-            client.release();
-            Ok(violations)
+        self.in_read_view(move |client, statements, runtime| {
+            run_check(check, client, statements.snapshot().lookup, runtime)
         })
         .await
-        .map_err(Failure::BlockingTask)?
+    }
+
+    async fn read_snapshot<T: Send + 'static>(
+        &self,
+        read: super::SnapshotRead<T>,
+    ) -> Result<T, StoreError> {
+        self.in_read_view(move |client, statements, runtime| {
+            run_snapshot(read, client, statements.snapshot(), runtime)
+        })
+        .await
     }
 
     fn create_binding(

@@ -67,6 +67,13 @@ pub(super) const READ_CHANGES: &str =
 /// The position of the last committed mutation.
 pub(super) const HEAD: &str = "SELECT head FROM provisiond_log";
 
+/// The entitlements other than $1/$2 whose current resources delegate to it.
+pub(super) const DEPENDANTS: &str = "
+    SELECT app_id, entitlement_id FROM delegations
+    WHERE target_app_id = $1 AND target_entitlement_id = $2
+      AND NOT (app_id = $1 AND entitlement_id = $2)
+    ORDER BY app_id, entitlement_id";
+
 /// The store's id and the head, read once at open.
 pub(super) const LOG_STATE: &str = "SELECT store_id, head FROM provisiond_log";
 
@@ -157,14 +164,7 @@ impl Statements {
         Ok(Self {
             head: client.prepare(&head).await?,
             delete_head: client.prepare(&delete_head).await?,
-            dependants: client
-                .prepare(
-                    "SELECT app_id, entitlement_id FROM delegations
-                     WHERE target_app_id = $1 AND target_entitlement_id = $2
-                       AND NOT (app_id = $1 AND entitlement_id = $2)
-                     ORDER BY app_id, entitlement_id",
-                )
-                .await?,
+            dependants: client.prepare(DEPENDANTS).await?,
             next_seq: client
                 .prepare("UPDATE provisiond_log SET head = head + 1 RETURNING head")
                 .await?,

@@ -242,6 +242,7 @@ impl Conn {
         LookupStatements {
             delegation_targets: &self.statements.delegation_targets,
             binding_exists: &self.statements.binding_exists,
+            dependants: &self.statements.dependants,
         }
     }
 }

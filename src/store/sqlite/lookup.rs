@@ -8,8 +8,8 @@ use rusqlite::Connection;
 use super::error::Failure;
 use super::queries;
 use crate::pb;
-use crate::policy::{Lookup, LookupError};
-use crate::store::{StoreError, WriteCheck};
+use crate::policy::{Lookup, LookupError, Snapshot};
+use crate::store::{SnapshotRead, StoreError, WriteCheck};
 
 struct ConnLookup<'c>(&'c Connection);
 
@@ -27,6 +27,40 @@ impl Lookup for ConnLookup<'_> {
         destination: &pb::EntitlementRef,
     ) -> Result<bool, LookupError> {
         Ok(queries::binding_exists(self.0, source, destination)?)
+    }
+
+    fn dependants(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> Result<Vec<pb::EntitlementRef>, LookupError> {
+        Ok(queries::dependants(self.0, entitlement)?)
+    }
+}
+
+impl Snapshot for ConnLookup<'_> {
+    fn resource(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> Result<Option<pb::EntitlementProvisionPolicy>, LookupError> {
+        Ok(queries::current(self.0, entitlement)?.map(|record| record.resource))
+    }
+
+    fn head(&self) -> Result<u64, LookupError> {
+        Ok(queries::log_state(self.0)?.1)
+    }
+
+    fn as_lookup(&self) -> &dyn Lookup {
+        self
+    }
+}
+
+/// Runs `read` against `conn`, which must be inside a read transaction (one snapshot).
+pub(super) fn run_snapshot<T>(read: SnapshotRead<T>, conn: &Connection) -> Result<T, StoreError> {
+    let snapshot = ConnLookup(conn);
+    match catch_unwind(AssertUnwindSafe(|| read(&snapshot))) {
+        Ok(Ok(value)) => Ok(value),
+        Ok(Err(err)) => Err(from_lookup(err)),
+        Err(_panic) => Err(Failure::CheckPanicked.into()),
     }
 }
 

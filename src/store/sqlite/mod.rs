@@ -122,6 +122,18 @@ impl Store for SqliteStore {
             .await
     }
 
+    async fn read_snapshot<T: Send + 'static>(
+        &self,
+        read: super::SnapshotRead<T>,
+    ) -> Result<T, StoreError> {
+        self.readers
+            .read_blocking(move |conn| {
+                let tx = conn.transaction()?;
+                lookup::run_snapshot(read, &tx)
+            })
+            .await
+    }
+
     /// Queued when called, like a write, and committed in the same batches.
     fn create_binding(
         &self,

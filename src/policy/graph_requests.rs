@@ -1,0 +1,109 @@
+//! Checks of the requests that read the delegation graph: ResolveProvisionPlan and
+//! ListDependents.
+
+use super::ids;
+use super::path::Path;
+use super::plan::Direction;
+use super::reason;
+use super::request::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::tokens::DependentsPage;
+use super::violations::Violations;
+use crate::pb;
+use crate::pb::resolve_provision_plan_request::Target;
+
+/// What a ResolveProvisionPlanRequest asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanTarget {
+    Stored(pb::EntitlementRef),
+    Preview(pb::EntitlementProvisionPolicy),
+}
+
+/// The target and direction of a ResolveProvisionPlanRequest. A preview is checked by the
+/// policy rules themselves, later; only its presence is checked here.
+pub fn parse_resolve_request(
+    request: pb::ResolveProvisionPlanRequest,
+) -> Result<(PlanTarget, Direction), Vec<pb::PolicyViolation>> {
+    let direction = match request.direction() {
+        pb::ProvisionDirection::Deprovision => Direction::Deprovision,
+        pb::ProvisionDirection::Provision | pb::ProvisionDirection::Unspecified => {
+            Direction::Provision
+        }
+    };
+    let mut violations = Violations::default();
+    let target = match request.target {
+        None => {
+            violations.error(
+                &Path::request_field("entitlement"),
+                reason::REQUIRED,
+                "must set entitlement (for its stored policy) or policy (a preview)",
+            );
+            None
+        }
+        Some(Target::Entitlement(entitlement)) => {
+            let path = Path::request_field("entitlement");
+            ids::check_entitlement(&mut violations, &path, Some(&entitlement));
+            Some(PlanTarget::Stored(entitlement))
+        }
+        Some(Target::Policy(resource)) => Some(PlanTarget::Preview(resource)),
+    };
+    let violations = violations.finish();
+    match target {
+        Some(target) if violations.is_empty() => Ok((target, direction)),
+        _ => Err(violations),
+    }
+}
+
+/// A ListDependentsRequest, checked.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DependentsQuery {
+    pub of: pb::EntitlementRef,
+    pub transitive: bool,
+    /// The last dependent of the previous page.
+    pub after: Option<pb::EntitlementRef>,
+    pub size: usize,
+}
+
+pub fn parse_list_dependents_request(
+    request: &pb::ListDependentsRequest,
+) -> Result<DependentsQuery, Vec<pb::PolicyViolation>> {
+    let mut violations = Violations::default();
+    let path = Path::request_field("entitlement");
+    ids::check_entitlement(&mut violations, &path, request.entitlement.as_ref());
+    if request.page_size < 0 {
+        violations.error(
+            &Path::request_field("page_size"),
+            reason::INVALID_PAGE_SIZE,
+            format!("must not be negative, got {}", request.page_size),
+        );
+    }
+    let of = request.entitlement.clone().unwrap_or_default();
+    let after = match request.page_token.as_str() {
+        "" => None,
+        token => {
+            let page = DependentsPage::decode(token)
+                .filter(|page| page.of == of && page.transitive == request.transitive);
+            if page.is_none() {
+                violations.error(
+                    &Path::request_field("page_token"),
+                    reason::INVALID_PAGE_TOKEN,
+                    "must be a next_page_token returned for the same entitlement and transitive",
+                );
+            }
+            page.map(|page| page.after)
+        }
+    };
+    let violations = violations.finish();
+    if !violations.is_empty() {
+        return Err(violations);
+    }
+    let size = match usize::try_from(request.page_size).unwrap_or(0) {
+        0 => DEFAULT_PAGE_SIZE,
+        size => size.min(MAX_PAGE_SIZE),
+    };
+    Ok(DependentsQuery {
+        of,
+        transitive: request.transitive,
+        after,
+        size,
+    })
+}
