@@ -164,3 +164,61 @@ fn the_examples_cover_every_arm_and_assignee() {
     assert!(missing.is_empty(), "no example shows {missing:?}");
     assert!(deprovision, "no example has a deprovision_policy");
 }
+
+/// After every example is set, each one's plan in both directions resolves completely to leaf
+/// steps, each reached from the example's own entitlement; the delegating example's steps come
+/// from its target's policy.
+#[tokio::test]
+async fn every_example_resolves_to_a_complete_plan_of_leaf_steps() {
+    let server = common::TestServer::start().await;
+    let mut client = server.client.clone();
+    let mut entitlements = Vec::new();
+    for path in example_files() {
+        let request = load(&path);
+        entitlements.push(request.policy.clone().unwrap().entitlement.unwrap());
+        client.set_provision_policy(request).await.expect("set");
+    }
+    let mut delegated_through = 0;
+    for entitlement in &entitlements {
+        for direction in [
+            pb::ProvisionDirection::Provision,
+            pb::ProvisionDirection::Deprovision,
+        ] {
+            let plan = client
+                .resolve_provision_plan(pb::ResolveProvisionPlanRequest {
+                    target: Some(pb::resolve_provision_plan_request::Target::Entitlement(
+                        entitlement.clone(),
+                    )),
+                    direction: direction as i32,
+                })
+                .await
+                .expect("resolve")
+                .into_inner();
+            let what = format!("{entitlement:?} {direction:?}");
+            assert!(plan.complete, "{what}: {plan:?}");
+            assert!(plan.violations.is_empty(), "{what}");
+            assert!(!plan.steps.is_empty(), "{what}");
+            assert!(!plan.read_at.is_empty());
+            for step in &plan.steps {
+                let leaf = step
+                    .step
+                    .as_ref()
+                    .and_then(|s| s.typ.as_ref())
+                    .expect("a leaf");
+                assert!(
+                    !matches!(leaf, Typ::MultiStep(_) | Typ::Delegated(_)),
+                    "{what}: {leaf:?}"
+                );
+                assert_eq!(step.via.first(), Some(entitlement), "{what}");
+                assert!(step.field.starts_with("policy."), "{what}: {}", step.field);
+                if step.via.len() > 1 {
+                    delegated_through += 1;
+                }
+            }
+        }
+    }
+    assert!(
+        delegated_through > 0,
+        "the delegating example resolves through its target"
+    );
+}
