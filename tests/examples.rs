@@ -186,9 +186,8 @@ async fn every_example_resolves_to_a_complete_plan_of_leaf_steps() {
         ] {
             let plan = client
                 .resolve_provision_plan(pb::ResolveProvisionPlanRequest {
-                    target: Some(pb::resolve_provision_plan_request::Target::Entitlement(
-                        entitlement.clone(),
-                    )),
+                    entitlement: Some(entitlement.clone()),
+                    policy: None,
                     direction: direction as i32,
                 })
                 .await

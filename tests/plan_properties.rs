@@ -11,7 +11,6 @@ use proptest::prelude::*;
 use proptest::test_runner::{Config as RunnerConfig, TestCaseError, TestRunner};
 use provisiond::pb;
 use provisiond::pb::provision_policy::Typ;
-use provisiond::pb::resolve_provision_plan_request::Target;
 
 /// How many entitlements a graph holds; delegations go from e{i} to e{j > i} (acyclic, as the
 /// server ensures) or to one that has no policy (dangling).
@@ -172,7 +171,8 @@ async fn plans_list_exactly_the_leaves_of_a_naive_recursive_walk() {
                     ] {
                         let plan = client
                             .resolve_provision_plan(pb::ResolveProvisionPlanRequest {
-                                target: Some(Target::Entitlement(entitlement(&app, owner))),
+                                entitlement: Some(entitlement(&app, owner)),
+                                policy: None,
                                 direction: direction as i32,
                             })
                             .await

@@ -6,7 +6,6 @@ mod common;
 use common::*;
 use provisiond::pb;
 use provisiond::pb::provision_policy::Typ;
-use provisiond::pb::resolve_provision_plan_request::Target;
 use tonic::Code;
 
 fn delegated(target: &pb::EntitlementRef) -> pb::ProvisionPolicy {
@@ -34,14 +33,24 @@ async fn put(
         .into_inner()
 }
 
+enum Target {
+    Entitlement(pb::EntitlementRef),
+    Policy(pb::EntitlementProvisionPolicy),
+}
+
 async fn plan_of(
     client: &mut Client,
     target: Target,
     direction: pb::ProvisionDirection,
 ) -> pb::ResolveProvisionPlanResponse {
+    let (entitlement, policy) = match target {
+        Target::Entitlement(entitlement) => (Some(entitlement), None),
+        Target::Policy(policy) => (None, Some(policy)),
+    };
     client
         .resolve_provision_plan(pb::ResolveProvisionPlanRequest {
-            target: Some(target),
+            entitlement,
+            policy,
             direction: direction as i32,
         })
         .await
@@ -227,7 +236,8 @@ async fn previews_resolve_against_the_store_and_a_cycle_is_a_violation() {
 
     let missing = client
         .resolve_provision_plan(pb::ResolveProvisionPlanRequest {
-            target: Some(Target::Entitlement(entitlement("app", "nothing"))),
+            entitlement: Some(entitlement("app", "nothing")),
+            policy: None,
             direction: 0,
         })
         .await

@@ -9,7 +9,6 @@ use super::request::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use super::tokens::DependentsPage;
 use super::violations::Violations;
 use crate::pb;
-use crate::pb::resolve_provision_plan_request::Target;
 
 /// What a ResolveProvisionPlanRequest asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,8 +29,8 @@ pub fn parse_resolve_request(
         }
     };
     let mut violations = Violations::default();
-    let target = match request.target {
-        None => {
+    let target = match (request.entitlement, request.policy) {
+        (None, None) => {
             violations.error(
                 &Path::request_field("entitlement"),
                 reason::REQUIRED,
@@ -39,12 +38,21 @@ pub fn parse_resolve_request(
             );
             None
         }
-        Some(Target::Entitlement(entitlement)) => {
+        (Some(_), Some(_)) => {
+            violations.error(
+                &Path::request_field("policy"),
+                reason::CONFLICTING_FIELDS,
+                "must not be set together with entitlement: resolve a stored policy or a \
+                 preview, not both",
+            );
+            None
+        }
+        (Some(entitlement), None) => {
             let path = Path::request_field("entitlement");
             ids::check_entitlement(&mut violations, &path, Some(&entitlement));
             Some(PlanTarget::Stored(entitlement))
         }
-        Some(Target::Policy(resource)) => Some(PlanTarget::Preview(resource)),
+        (None, Some(resource)) => Some(PlanTarget::Preview(resource)),
     };
     let violations = violations.finish();
     match target {

@@ -29,6 +29,7 @@ use crate::protojson;
 /// Every reason a policy violation may carry (the proto documents the same list).
 pub const POLICY_REASONS: &[&str] = &[
     reason::REQUIRED,
+    reason::UNCONFIGURED_STEP,
     reason::INVALID_ID,
     reason::NO_PROVISIONER,
     reason::SUPERSEDED_FIELD,

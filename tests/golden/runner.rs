@@ -130,6 +130,8 @@ pub const RPCS: &[&str] = &[
     "ListProvisionPolicyRevisions",
     "RollbackProvisionPolicy",
     "WatchProvisionPolicies",
+    "ResolveProvisionPlan",
+    "ListDependents",
 ];
 
 fn request_type(rpc: &str) -> String {
@@ -297,6 +299,24 @@ pub async fn call(
                 violations: response.warnings,
                 valid: None,
             }
+        }
+        "ResolveProvisionPlan" => {
+            let response = client
+                .resolve_provision_plan(decode::<pb::ResolveProvisionPlanRequest>(&bytes))
+                .await?
+                .into_inner();
+            Answer {
+                response: protojson::to_json("ResolveProvisionPlanResponse", &response),
+                violations: response.violations,
+                valid: None,
+            }
+        }
+        "ListDependents" => {
+            let response = client
+                .list_dependents(decode::<pb::ListDependentsRequest>(&bytes))
+                .await?
+                .into_inner();
+            plain(protojson::to_json("ListDependentsResponse", &response))
         }
         // A stream's errors come before its first message; an OK case compares that message.
         "WatchProvisionPolicies" => {
