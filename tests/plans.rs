@@ -35,7 +35,7 @@ async fn put(
 
 enum Target {
     Entitlement(pb::EntitlementRef),
-    Policy(pb::EntitlementProvisionPolicy),
+    Policy(Box<pb::EntitlementProvisionPolicy>),
 }
 
 async fn plan_of(
@@ -45,7 +45,7 @@ async fn plan_of(
 ) -> pb::ResolveProvisionPlanResponse {
     let (entitlement, policy) = match target {
         Target::Entitlement(entitlement) => (Some(entitlement), None),
-        Target::Policy(policy) => (None, Some(policy)),
+        Target::Policy(policy) => (None, Some(*policy)),
     };
     client
         .resolve_provision_plan(pb::ResolveProvisionPlanRequest {
@@ -189,7 +189,7 @@ async fn previews_resolve_against_the_store_and_a_cycle_is_a_violation() {
     let preview = resource(a.clone(), delegated(&b));
     let plan = plan_of(
         &mut client,
-        Target::Policy(preview),
+        Target::Policy(Box::new(preview)),
         pb::ProvisionDirection::Provision,
     )
     .await;
@@ -207,7 +207,7 @@ async fn previews_resolve_against_the_store_and_a_cycle_is_a_violation() {
     );
     let plan = plan_of(
         &mut client,
-        Target::Policy(dangling),
+        Target::Policy(Box::new(dangling)),
         pb::ProvisionDirection::Provision,
     )
     .await;
@@ -227,7 +227,7 @@ async fn previews_resolve_against_the_store_and_a_cycle_is_a_violation() {
     let broken = resource(a.clone(), multi_step(vec![]));
     let plan = plan_of(
         &mut client,
-        Target::Policy(broken),
+        Target::Policy(Box::new(broken)),
         pb::ProvisionDirection::Provision,
     )
     .await;

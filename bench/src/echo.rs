@@ -45,11 +45,18 @@ impl EchoService {
             set: Arc::new(pb::SetProvisionPolicyResponse {
                 policy: get_reply().policy,
                 warnings: Vec::new(),
-                change_cursor: String::new(),
+                // A cursor of the size provisiond's are, so that the ceiling answers as much.
+                change_cursor: provisiond::policy::tokens::Cursor {
+                    store_id: "0".repeat(32),
+                    seq: 1_000_000,
+                }
+                .encode(),
+                dependent_count: 0,
             }),
             validate: Arc::new(pb::ValidateProvisionPolicyResponse {
                 valid: true,
                 violations: Vec::new(),
+                dependent_count: 0,
             }),
         }
     }

@@ -12,6 +12,10 @@ use crate::pb;
 
 /// What a ResolveProvisionPlanRequest asks for.
 #[derive(Debug, Clone, PartialEq)]
+#[expect(
+    clippy::large_enum_variant,
+    reason = "made once per request and moved once; boxing would only add an allocation"
+)]
 pub enum PlanTarget {
     Stored(pb::EntitlementRef),
     Preview(pb::EntitlementProvisionPolicy),

@@ -68,7 +68,7 @@ impl Lookup for Stored {
             })
             .map(|(owner, _)| ent(owner))
             .collect();
-        found.sort_by(|a, b| name(a).cmp(&name(b)));
+        found.sort_by_key(name);
         Ok(found)
     }
 }
