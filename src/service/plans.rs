@@ -123,6 +123,26 @@ pub(super) async fn dependents(
     })
 }
 
+/// How many entitlements depend on `entitlement`, directly or through chains, as stored now:
+/// one point read when none does (the common case), the full walk in a read view otherwise.
+pub(super) async fn count_dependents(
+    store: &impl Store,
+    entitlement: Option<&pb::EntitlementRef>,
+) -> Result<i32, Error> {
+    let Some(entitlement) = entitlement.filter(|e| policy::is_entitlement(e)) else {
+        return Ok(0);
+    };
+    if !store.has_dependants(entitlement).await? {
+        return Ok(0);
+    }
+    let entitlement = entitlement.clone();
+    Ok(store
+        .read_snapshot(Box::new(move |snapshot| {
+            dependent_count(Some(&entitlement), snapshot.as_lookup())
+        }))
+        .await?)
+}
+
 /// How many entitlements depend on `entitlement`, directly or through chains; 0 for a resource
 /// that names no valid entitlement.
 pub(super) fn dependent_count(

@@ -11,9 +11,6 @@ use crate::store::{
     WriteOutcome,
 };
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI32, Ordering};
-
 use super::{cursor_of, plans};
 
 pub(super) async fn get(
@@ -46,7 +43,10 @@ pub(super) async fn set(
         validate_only: request.validate_only,
         create_only: request.create_only,
     };
-    let (record, warnings, dependent_count) = write(store, resource, intent).await?;
+    let (record, warnings) = write(store, resource, intent).await?;
+    // Counted after the commit, not under the write lock: the blast radius, as now stored.
+    let dependent_count =
+        plans::count_dependents(store, record.resource.entitlement.as_ref()).await?;
     Ok(pb::SetProvisionPolicyResponse {
         change_cursor: write_cursor(store, &record),
         policy: Some(record.into_resource()),
@@ -62,20 +62,22 @@ pub(super) async fn validate(
     let mut resource = request.policy.unwrap_or_default();
     clear_output_fields(&mut resource);
     let mut violations = policy::check_static(&resource);
-    let needs_graph_check = policy::needs_graph_check(&resource);
-    let (graph, dependent_count) = store
-        .read_snapshot(Box::new(move |snapshot| {
-            let lookup = snapshot.as_lookup();
-            let graph = if needs_graph_check {
-                policy::check_graph(&resource, lookup)?
-            } else {
-                Vec::new()
-            };
-            let count = plans::dependent_count(resource.entitlement.as_ref(), lookup)?;
-            Ok((graph, count))
-        }))
-        .await?;
-    violations.extend(graph);
+    // The read view (a hop to a blocking thread, most of a Validate's cost) only when there is a
+    // delegation to follow; else the count takes one point read.
+    let dependent_count = if policy::needs_graph_check(&resource) {
+        let (graph, count) = store
+            .read_snapshot(Box::new(move |snapshot| {
+                let lookup = snapshot.as_lookup();
+                let graph = policy::check_graph(&resource, lookup)?;
+                let count = plans::dependent_count(resource.entitlement.as_ref(), lookup)?;
+                Ok((graph, count))
+            }))
+            .await?;
+        violations.extend(graph);
+        count
+    } else {
+        plans::count_dependents(store, resource.entitlement.as_ref()).await?
+    };
     Ok(pb::ValidateProvisionPolicyResponse {
         valid: !policy::has_errors(&violations),
         violations,
@@ -252,7 +254,7 @@ pub(super) async fn rollback(
         validate_only: request.validate_only,
         create_only: false,
     };
-    let (record, warnings, _) = write(store, old.record.resource, intent).await?;
+    let (record, warnings) = write(store, old.record.resource, intent).await?;
     Ok(pb::RollbackProvisionPolicyResponse {
         change_cursor: write_cursor(store, &record),
         policy: Some(record.into_resource()),
@@ -273,7 +275,7 @@ async fn write(
     store: &impl Store,
     mut resource: pb::EntitlementProvisionPolicy,
     intent: Intent,
-) -> Result<(StoredRevision, Vec<pb::PolicyViolation>, i32), Error> {
+) -> Result<(StoredRevision, Vec<pb::PolicyViolation>), Error> {
     clear_output_fields(&mut resource);
     let entitlement = resource.entitlement.clone().unwrap_or_default();
     let static_violations = policy::check_static(&resource);
@@ -284,9 +286,6 @@ async fn write(
     }
     let checked = resource.clone();
     let edges = policy::graph::edges(&resource);
-    // Counted by the check, inside the write transaction: the blast radius of this very write.
-    let dependents = Arc::new(AtomicI32::new(0));
-    let counted = Arc::clone(&dependents);
     let write = Write {
         resource,
         delegation_targets: edges.targets,
@@ -297,15 +296,11 @@ async fn write(
         check: Box::new(move |lookup| {
             let mut violations = static_violations;
             violations.extend(policy::check_graph(&checked, lookup)?);
-            let count = plans::dependent_count(checked.entitlement.as_ref(), lookup)?;
-            counted.store(count, Ordering::Relaxed);
             Ok(violations)
         }),
     };
     match store.write(write).await {
-        Ok(WriteOutcome::Written { record, violations }) => {
-            Ok((record, violations, dependents.load(Ordering::Relaxed)))
-        }
+        Ok(WriteOutcome::Written { record, violations }) => Ok((record, violations)),
         Ok(WriteOutcome::Rejected { violations }) => {
             Err(Error::InvalidPolicy(errors_only(violations)))
         }

@@ -36,6 +36,7 @@ macro_rules! store_log_contract_tests {
             subscribers_see_a_commit_before_it_is_acknowledged,
             reopen_keeps_the_log_and_its_id,
             concurrent_writers_fill_the_log_without_gaps,
+            has_dependants_sees_current_delegations_only,
         );
     };
 }
@@ -603,4 +604,29 @@ pub(crate) async fn concurrent_writers_fill_the_log_without_gaps(backend: &impl 
             (Some(&key), revision)
         );
     }
+}
+
+pub(crate) async fn has_dependants_sees_current_delegations_only(backend: &impl Backend) {
+    let store = backend.open().await;
+    let (target, other, dependant) = (
+        entitlement("app", "target"),
+        entitlement("app", "other"),
+        entitlement("app", "dependant"),
+    );
+    written(&store, put(resource(&target, "hook"))).await;
+    assert!(!store.has_dependants(&target).await.unwrap());
+    written(&store, delegating(&dependant, [target.clone()])).await;
+    assert!(store.has_dependants(&target).await.unwrap());
+    assert!(!store.has_dependants(&other).await.unwrap());
+    written(&store, put(resource(&dependant, "hook"))).await;
+    assert!(
+        !store.has_dependants(&target).await.unwrap(),
+        "its current policy no longer does"
+    );
+    written(&store, delegating(&dependant, [target.clone()])).await;
+    deleted(&store, &dependant).await;
+    assert!(
+        !store.has_dependants(&target).await.unwrap(),
+        "a deleted policy delegates nowhere"
+    );
 }

@@ -222,6 +222,13 @@ pub trait Store: Send + Sync + 'static {
         check: WriteCheck,
     ) -> impl Future<Output = Result<Vec<pb::PolicyViolation>, StoreError>> + Send;
 
+    /// Whether any current resource other than `entitlement`'s own delegates to it: one point
+    /// read, cheap enough for every Validate and Set (the full walk needs a read view).
+    fn has_dependants(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> impl Future<Output = Result<bool, StoreError>> + Send;
+
     /// Runs `read` against one consistent read view of the whole store, writing nothing.
     fn read_snapshot<T: Send + 'static>(
         &self,

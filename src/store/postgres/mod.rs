@@ -432,6 +432,19 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn has_dependants(&self, entitlement: &pb::EntitlementRef) -> Result<bool, StoreError> {
+        let row = read_retrying!(self.pool, |client| {
+            async {
+                let statement = client.prepare_cached(queries::HAS_DEPENDANTS).await?;
+                let params: [&(dyn ToSql + Sync); 2] =
+                    [&entitlement.app_id, &entitlement.entitlement_id];
+                client.query_one(&statement, &params).await
+            }
+            .await
+        })?;
+        Ok(row.try_get(0)?)
+    }
+
     async fn read_snapshot<T: Send + 'static>(
         &self,
         read: super::SnapshotRead<T>,

@@ -67,6 +67,11 @@ pub(super) const READ_CHANGES: &str =
 /// The position of the last committed mutation.
 pub(super) const HEAD: &str = "SELECT head FROM provisiond_log";
 
+pub(super) const HAS_DEPENDANTS: &str = "
+    SELECT EXISTS (SELECT 1 FROM delegations
+    WHERE target_app_id = $1 AND target_entitlement_id = $2
+      AND NOT (app_id = $1 AND entitlement_id = $2))";
+
 /// The entitlements other than $1/$2 whose current resources delegate to it.
 pub(super) const DEPENDANTS: &str = "
     SELECT app_id, entitlement_id FROM delegations

@@ -122,6 +122,12 @@ impl Store for SqliteStore {
             .await
     }
 
+    /// Inline, like `get`: one indexed point read.
+    async fn has_dependants(&self, entitlement: &pb::EntitlementRef) -> Result<bool, StoreError> {
+        self.readers
+            .read(|conn| queries::has_dependants(conn, entitlement))
+    }
+
     async fn read_snapshot<T: Send + 'static>(
         &self,
         read: super::SnapshotRead<T>,

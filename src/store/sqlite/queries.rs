@@ -388,6 +388,18 @@ pub(super) fn dependants(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+pub(super) fn has_dependants(
+    conn: &Connection,
+    key: &pb::EntitlementRef,
+) -> Result<bool, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT EXISTS (SELECT 1 FROM delegations
+         WHERE target_app_id = ?1 AND target_entitlement_id = ?2
+           AND NOT (app_id = ?1 AND entitlement_id = ?2))",
+    )?;
+    Ok(stmt.query_row(params![key.app_id, key.entitlement_id], |row| row.get(0))?)
+}
+
 /// Takes the next position of the change log. Inside the operation's savepoint, so an
 /// operation that does not stand gives it back: the log has no gaps.
 pub(super) fn next_seq(conn: &Connection) -> Result<u64, StoreError> {
