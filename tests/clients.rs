@@ -118,3 +118,21 @@ async fn node_grpc_js_client_round_trips_and_decodes_details() {
     .await
     .expect("node");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_grpcio_client_resolves_plans_and_an_old_client_keeps_new_arms() {
+    let Some(python) = tool(".venv/bin/python") else {
+        return;
+    };
+    let server = TestServer::start().await;
+    let address = server.address.to_string();
+    let script = repo().join("tests/clients/python_plans_client.py");
+    tokio::task::spawn_blocking(move || {
+        run(
+            &python,
+            &[script.to_str().unwrap(), &address, repo().to_str().unwrap()],
+        )
+    })
+    .await
+    .expect("python plans");
+}
