@@ -6,6 +6,7 @@
 //! code of unbounded cost) and `list_bindings` (a caller-sized page) on a blocking thread.
 //! An exclusive lock file keeps a second process off the data dir.
 
+mod dependants;
 mod error;
 mod lookup;
 mod open;
@@ -21,6 +22,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use self::dependants::Dependants;
 use self::error::Failure;
 pub use self::error::OpenError;
 use self::open::{DATABASE_FILE, DataDirLock};
@@ -46,6 +48,7 @@ pub struct SqliteStore {
     lock: Mutex<Option<DataDirLock>>,
     store_id: String,
     head: HeadPublisher,
+    graph: Arc<Dependants>,
 }
 
 impl SqliteStore {
@@ -65,13 +68,19 @@ impl SqliteStore {
             source: err.into(),
         })?;
         let head = HeadPublisher::new(seq);
-        let writer = Writer::spawn(conn, head.clone()).map_err(OpenError::Spawn)?;
+        let graph = Arc::new(Dependants::load(&conn).map_err(|err| OpenError::Log {
+            path: path.clone(),
+            source: err.into(),
+        })?);
+        let writer =
+            Writer::spawn(conn, head.clone(), Arc::clone(&graph)).map_err(OpenError::Spawn)?;
         Ok(Self {
             writer,
             readers: ReadPool::new(path),
             lock: Mutex::new(Some(lock)),
             store_id,
             head,
+            graph,
         })
     }
 
@@ -122,10 +131,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    /// Inline, like `get`: one indexed point read.
+    /// From memory: the writer keeps the graph current as it commits.
     async fn has_dependants(&self, entitlement: &pb::EntitlementRef) -> Result<bool, StoreError> {
-        self.readers
-            .read(|conn| queries::has_dependants(conn, entitlement))
+        Ok(self.graph.has_dependants(entitlement))
     }
 
     async fn read_snapshot<T: Send + 'static>(

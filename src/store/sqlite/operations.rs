@@ -5,6 +5,7 @@
 use prost::Message;
 use rusqlite::Connection;
 
+use super::dependants::EdgeChange;
 use super::error::Failure;
 use super::lookup::run_check;
 use super::queries::{self, Head};
@@ -56,6 +57,13 @@ fn record_of(
 
 impl Operation for Write {
     type Output = WriteOutcome;
+
+    fn edges(&self) -> Option<EdgeChange> {
+        Some(EdgeChange {
+            key: self.resource.entitlement.clone()?,
+            targets: self.delegation_targets.clone(),
+        })
+    }
 
     /// Preconditions, implicit bindings, check, then the new record, its delegation edges and
     /// its log entry. The bindings come before the check, which must see them; a write that
@@ -118,6 +126,13 @@ impl Operation for Write {
 
 impl Operation for Delete {
     type Output = DeleteOutcome;
+
+    fn edges(&self) -> Option<EdgeChange> {
+        Some(EdgeChange {
+            key: self.entitlement.clone(),
+            targets: Vec::new(),
+        })
+    }
 
     /// Preconditions, dependants, then the tombstone: the head's resource replaced by the bare
     /// entitlement, its edges dropped, and a DELETE entry carrying the last live resource.

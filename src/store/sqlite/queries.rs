@@ -388,6 +388,8 @@ pub(super) fn dependants(
     Ok(rows.collect::<rusqlite::Result<_>>()?)
 }
 
+/// What the writer's in-memory graph must answer (tests compare the two).
+#[cfg(test)]
 pub(super) fn has_dependants(
     conn: &Connection,
     key: &pb::EntitlementRef,

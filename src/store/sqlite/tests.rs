@@ -901,3 +901,99 @@ async fn an_older_database_gets_a_change_log_of_its_revisions_in_write_order() {
         5
     );
 }
+
+/// The in-memory graph behind `has_dependants` against the table, after a random mix of
+/// delegating writes, deletes, and writes that do not stand (rejected, validate-only, stale),
+/// and after a reopen that loads it from the table.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_in_memory_dependants_agree_with_the_table_after_random_writes() {
+    let dir = TempDir::new().unwrap();
+    let keys: Vec<pb::EntitlementRef> = (0..6).map(key).collect();
+    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+    let mut next = move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+    let agree = |store: &SqliteStore, keys: &[pb::EntitlementRef], when: &str| {
+        let side = side_connection(dir.path());
+        let mut depended_on = 0;
+        for key in keys {
+            let table = super::queries::has_dependants(&side, key).unwrap();
+            let memory = futures_block(store.has_dependants(key)).unwrap();
+            assert_eq!(memory, table, "{when}: {key:?}");
+            depended_on += usize::from(memory);
+        }
+        depended_on
+    };
+    let mut seen_depended_on = 0;
+    let store = SqliteStore::open(dir.path()).unwrap();
+    for round in 0..300 {
+        let owner = &keys[next(6) as usize];
+        let targets: Vec<_> = (0..next(3))
+            .map(|_| keys[next(6) as usize].clone())
+            .collect();
+        let targets: Vec<_> = targets.into_iter().filter(|t| t != owner).collect();
+        let write = delegating(owner, targets);
+        let outcome = match next(5) {
+            0 => store
+                .delete(crate::store::Delete {
+                    entitlement: owner.clone(),
+                    expected_revision: None,
+                    validate_only: false,
+                    allow_missing: true,
+                })
+                .await
+                .map(|_| ()),
+            1 => store
+                .write(Write {
+                    check: returning(vec![violation("NO", pb::Severity::Error)]),
+                    ..write
+                })
+                .await
+                .map(|_| ()),
+            2 => store
+                .write(Write {
+                    validate_only: true,
+                    ..write
+                })
+                .await
+                .map(|_| ()),
+            3 => store
+                .write(Write {
+                    expected_revision: Some(999),
+                    ..write
+                })
+                .await
+                .map(|_| ()),
+            _ => store.write(write).await.map(|_| ()),
+        };
+        match outcome {
+            Ok(())
+            | Err(StoreError::RevisionMismatch { .. })
+            | Err(StoreError::HasDependants { .. }) => {}
+            Err(other) => panic!("round {round}: {other:?}"),
+        }
+        seen_depended_on += agree(&store, &keys, &format!("round {round}"));
+    }
+    assert!(
+        seen_depended_on > 100,
+        "the mix builds a graph: {seen_depended_on}"
+    );
+    store.close().await.unwrap();
+    let reopened = SqliteStore::open(dir.path()).unwrap();
+    agree(&reopened, &keys, "after reopen");
+}
+
+/// Polls a future that is ready at once (an in-memory answer) without a runtime.
+fn futures_block<F: Future>(future: F) -> F::Output {
+    let mut future = pin!(future);
+    match future
+        .as_mut()
+        .poll(&mut Context::from_waker(Waker::noop()))
+    {
+        Poll::Ready(output) => output,
+        Poll::Pending => panic!("not ready at once"),
+    }
+}

@@ -12,6 +12,7 @@ use std::thread::JoinHandle;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::dependants::{Dependants, EdgeChange};
 use super::error::{self, Failure};
 use super::queries;
 use crate::store::StoreError;
@@ -24,6 +25,11 @@ const MAX_BATCH: usize = 256;
 /// What the writer does for a caller, inside its own savepoint of a batch's transaction.
 pub(super) trait Operation: Send + 'static {
     type Output: Send + 'static;
+
+    /// The delegation edges the operation leaves its key with, if it stands and changes them.
+    fn edges(&self) -> Option<EdgeChange> {
+        None
+    }
 
     /// Does the operation on `conn`; returns the caller's answer and whether what it did stands.
     /// An error, or `false`, rolls its savepoint back and leaves the rest of the batch alone.
@@ -55,6 +61,8 @@ pub(super) trait Staged: Send {
     /// Whether the operation failed with [`StoreError::Unavailable`].
     fn is_unavailable(&self) -> bool;
     fn is_err(&self) -> bool;
+    /// The edges of an operation that stood, for the in-memory graph once the batch commits.
+    fn take_edges(&mut self) -> Option<EdgeChange>;
     /// Sends the answer as staged.
     fn send(self: Box<Self>);
     /// Sends `err` instead.
@@ -69,13 +77,23 @@ struct Request<O: Operation> {
 struct Reply<T> {
     reply: oneshot::Sender<Result<T, StoreError>>,
     answer: Result<T, StoreError>,
+    edges: Option<EdgeChange>,
 }
 
 impl<O: Operation> Queued for Request<O> {
     fn apply(self: Box<Self>, tx: &mut Transaction<'_>) -> Box<dyn Staged> {
         let Request { operation, reply } = *self;
-        let answer = in_savepoint(tx, operation);
-        Box::new(Reply { reply, answer })
+        let edges = operation.edges();
+        let (answer, kept) = match in_savepoint(tx, operation) {
+            Ok((output, kept)) => (Ok(output), kept),
+            Err(err) => (Err(err), false),
+        };
+        let edges = edges.filter(|_| kept);
+        Box::new(Reply {
+            reply,
+            answer,
+            edges,
+        })
     }
 
     fn fail(self: Box<Self>, err: StoreError) {
@@ -93,6 +111,10 @@ impl<T: Send> Staged for Reply<T> {
         self.answer.is_err()
     }
 
+    fn take_edges(&mut self) -> Option<EdgeChange> {
+        self.edges.take()
+    }
+
     fn send(self: Box<Self>) {
         // The caller may have gone away; what it did stands regardless.
         let _ = self.reply.send(self.answer);
@@ -103,17 +125,18 @@ impl<T: Send> Staged for Reply<T> {
     }
 }
 
-/// Whatever does not stand is rolled back to the savepoint (dropping it rolls back).
+/// Whatever does not stand is rolled back to the savepoint (dropping it rolls back); returns
+/// the output and whether it stood.
 fn in_savepoint<O: Operation>(
     tx: &mut Transaction<'_>,
     operation: O,
-) -> Result<O::Output, StoreError> {
+) -> Result<(O::Output, bool), StoreError> {
     let savepoint = tx.savepoint()?;
     let (output, keep) = operation.stage(&savepoint)?;
     if keep {
         savepoint.commit()?;
     }
-    Ok(output)
+    Ok((output, keep))
 }
 
 /// The handle on the writer thread. Dropping it stops the thread once every queued job is
@@ -125,15 +148,20 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread; it moves `head` forward after each commit, before answering.
-    pub(super) fn spawn(conn: Connection, head: HeadPublisher) -> std::io::Result<Self> {
+    /// Starts the thread; after each commit, before answering, it moves `head` forward and
+    /// applies the batch's delegation edges to `graph`.
+    pub(super) fn spawn(
+        conn: Connection,
+        head: HeadPublisher,
+        graph: Arc<Dependants>,
+    ) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
             .name("provisiond-sqlite-writer".into())
             .spawn({
                 let commits = Arc::clone(&commits);
-                move || run(conn, &queue, &commits, &head)
+                move || run(conn, &queue, &commits, &Committed { head, graph })
             })?;
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
@@ -193,11 +221,17 @@ impl Drop for Writer {
     }
 }
 
+/// What learns of each commit before its callers do.
+struct Committed {
+    head: HeadPublisher,
+    graph: Arc<Dependants>,
+}
+
 fn run(
     mut conn: Connection,
     queue: &Receiver<Job>,
     commits: &AtomicU64,
-    head: &HeadPublisher,
+    head: &Committed,
 ) -> Result<(), StoreError> {
     let mut next = None;
     while let Some(job) = next.take().or_else(|| queue.recv().ok()) {
@@ -236,7 +270,7 @@ fn commit_batch(
     conn: &mut Connection,
     batch: Vec<Box<dyn Queued>>,
     commits: &AtomicU64,
-    head: &HeadPublisher,
+    head: &Committed,
 ) {
     let mut jobs = batch.into_iter();
     // Normally one transaction; another only if SQLite rolled one back mid-batch.
@@ -288,15 +322,18 @@ fn commit_batch(
 fn answer(
     conn: &Connection,
     committed: rusqlite::Result<()>,
-    answers: Vec<Box<dyn Staged>>,
+    mut answers: Vec<Box<dyn Staged>>,
     commits: &AtomicU64,
-    head: &HeadPublisher,
+    learners: &Committed,
 ) {
     match committed {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
+            learners
+                .graph
+                .apply(answers.iter_mut().filter_map(|answer| answer.take_edges()));
             match queries::log_state(conn) {
-                Ok((_, seq)) => head.advance(seq),
+                Ok((_, seq)) => learners.head.advance(seq),
                 // Watchers catch up with the next commit; the writes stand regardless.
                 Err(err) => tracing::warn!(
                     error = &err as &dyn std::error::Error,
