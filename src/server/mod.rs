@@ -1,5 +1,8 @@
 //! `serve`: the one entry point that `main` and the tests use. It opens the store, wires the
 //! policy service, health and reflection, serves until `shutdown`, drains, and closes the store.
+//! Transport concerns are layers around the services (`request_log.rs`).
+
+pub mod request_log;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -104,6 +107,7 @@ async fn serve_store<S: Store>(
         .max_concurrent_streams(Some(256))
         .http2_max_pending_accept_reset_streams(Some(64))
         .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
+        .layer(request_log::RequestLogLayer)
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
