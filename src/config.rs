@@ -44,9 +44,34 @@ pub struct Config {
     #[arg(long, env = "PROVISIOND_REFLECTION", default_value_t = true, action = clap::ArgAction::Set)]
     pub reflection: bool,
 
+    /// How often the store is probed in the background for gRPC health: a PostgreSQL query, a
+    /// write and fsync in the SQLite data dir. A failed or silent probe turns health
+    /// NOT_SERVING, the next good one SERVING again. E.g. `5s`, `500ms`.
+    #[arg(long, env = "PROVISIOND_HEALTH_PROBE_INTERVAL", default_value = "5s", value_parser = parse_interval)]
+    pub health_probe_interval: Duration,
+
     /// How long shutdown waits for in-flight RPCs before closing the store, in seconds.
     #[arg(long, env = "PROVISIOND_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+}
+
+/// `500ms` or `5s` (or plain seconds), between 10 ms and 1 h.
+fn parse_interval(text: &str) -> Result<Duration, String> {
+    let (digits, unit) = match text.strip_suffix("ms") {
+        Some(millis) => (millis, Duration::from_millis(1)),
+        None => (
+            text.strip_suffix('s').unwrap_or(text),
+            Duration::from_secs(1),
+        ),
+    };
+    let count: u32 = digits
+        .parse()
+        .map_err(|_| format!("expected a duration such as 5s or 500ms, got {text:?}"))?;
+    let interval = unit * count;
+    if !(Duration::from_millis(10)..=Duration::from_secs(3600)).contains(&interval) {
+        return Err(format!("must be between 10ms and 3600s, got {text:?}"));
+    }
+    Ok(interval)
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -67,6 +92,7 @@ impl Config {
             log_format: LogFormat::Text,
             log: "info".to_owned(),
             reflection: true,
+            health_probe_interval: Duration::from_secs(5),
             shutdown_grace_seconds: 10,
         }
     }
@@ -91,6 +117,15 @@ mod tests {
             "json",
         ]);
         assert!(!config.reflection);
+        assert_eq!(config.health_probe_interval, Duration::from_secs(5));
+        let fast = Config::parse_from(["provisiond", "--health-probe-interval", "250ms"]);
+        assert_eq!(fast.health_probe_interval, Duration::from_millis(250));
+        for bad in ["0s", "5m", "-1s", "", "99999s"] {
+            assert!(
+                Config::try_parse_from(["provisiond", "--health-probe-interval", bad]).is_err(),
+                "{bad}"
+            );
+        }
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
     }

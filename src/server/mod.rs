@@ -2,6 +2,7 @@
 //! policy service, health and reflection, serves until `shutdown`, drains, and closes the store.
 //! Transport concerns are layers around the services (`request_log.rs`).
 
+mod health;
 pub mod request_log;
 
 use std::future::Future;
@@ -90,6 +91,7 @@ async fn serve_store<S: Store>(
     health
         .set_serving::<ProvisionPolicyServiceServer<PolicyService<S>>>()
         .await;
+    let probe = health::spawn_probe(store.clone(), health.clone(), config.health_probe_interval);
     let (reflection_v1, reflection_v1alpha) = if config.reflection {
         (
             Some(reflection()?.build_v1()?),
@@ -126,6 +128,7 @@ async fn serve_store<S: Store>(
         result = &mut server => result?,
         () = shutdown => {
             tracing::info!("shutting down: not serving, draining in-flight RPCs");
+            probe.abort();
             health.set_not_serving::<ProvisionPolicyServiceServer<PolicyService<S>>>().await;
             health.set_service_status("", ServingStatus::NotServing).await;
             stopping.send_replace(true);
@@ -136,6 +139,7 @@ async fn serve_store<S: Store>(
             }
         }
     }
+    probe.abort();
     store.close().await?;
     tracing::info!("store closed; bye");
     Ok(())

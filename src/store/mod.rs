@@ -297,6 +297,10 @@ pub trait Store: Send + Sync + 'static {
         limit: usize,
     ) -> impl Future<Output = Result<Vec<changes::ChangeSet>, StoreError>> + Send;
 
+    /// Whether the backend can serve now: PostgreSQL answers a query; the SQLite data dir takes
+    /// a write and an fsync. Health runs it in the background, never on a Check.
+    fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
     /// Flushes and closes the backend; called once serving has stopped.
     fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }

@@ -432,6 +432,10 @@ impl Store for PostgresStore {
         .await
     }
 
+    async fn probe(&self) -> Result<(), StoreError> {
+        read_retrying!(self.pool, |client| client.batch_execute("SELECT 1").await)
+    }
+
     async fn has_dependants(&self, entitlement: &pb::EntitlementRef) -> Result<bool, StoreError> {
         let row = read_retrying!(self.pool, |client| {
             async {

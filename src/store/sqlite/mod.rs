@@ -38,6 +38,9 @@ use super::{
 };
 use crate::pb;
 
+/// What the health probe writes: one page of the database.
+const PROBE_BYTES: usize = 4096;
+
 /// The SQLite [`Store`]. Open it once per data dir and process; [`Store::close`] it on shutdown
 /// (dropping it also stops the writer, after answering every queued write).
 pub struct SqliteStore {
@@ -49,6 +52,7 @@ pub struct SqliteStore {
     store_id: String,
     head: HeadPublisher,
     graph: Arc<Dependants>,
+    data_dir: std::path::PathBuf,
 }
 
 impl SqliteStore {
@@ -81,6 +85,7 @@ impl SqliteStore {
             store_id,
             head,
             graph,
+            data_dir: data_dir.to_owned(),
         })
     }
 
@@ -218,6 +223,24 @@ impl Store for SqliteStore {
         self.readers
             .read_blocking(move |conn| queries::read_changes(conn, after, limit))
             .await
+    }
+
+    /// A fresh file each time, written and fsynced, then removed: rewriting one file in place
+    /// would reuse its own blocks and pass on a full disk.
+    async fn probe(&self) -> Result<(), StoreError> {
+        let path = self.data_dir.join(".health-probe");
+        tokio::task::spawn_blocking(move || {
+            use std::io::Write as _;
+            let _ = std::fs::remove_file(&path);
+            let written = std::fs::File::create(&path).and_then(|mut file| {
+                file.write_all(&[0; PROBE_BYTES])?;
+                file.sync_all()
+            });
+            let _ = std::fs::remove_file(&path);
+            written.map_err(|err| StoreError::Unavailable(Box::new(err)))
+        })
+        .await
+        .map_err(Failure::BlockingTask)?
     }
 
     async fn close(&self) -> Result<(), StoreError> {
