@@ -2,10 +2,10 @@
 //! ListDependents.
 
 use super::ids;
+use super::lifecycle::page_size;
 use super::path::Path;
 use super::plan::Direction;
 use super::reason;
-use super::request::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use super::tokens::DependentsPage;
 use super::violations::Violations;
 use crate::pb;
@@ -81,13 +81,7 @@ pub fn parse_list_dependents_request(
     let mut violations = Violations::default();
     let path = Path::request_field("entitlement");
     ids::check_entitlement(&mut violations, &path, request.entitlement.as_ref());
-    if request.page_size < 0 {
-        violations.error(
-            &Path::request_field("page_size"),
-            reason::INVALID_PAGE_SIZE,
-            format!("must not be negative, got {}", request.page_size),
-        );
-    }
+    let size = page_size(&mut violations, request.page_size);
     let of = request.entitlement.clone().unwrap_or_default();
     let after = match request.page_token.as_str() {
         "" => None,
@@ -108,10 +102,6 @@ pub fn parse_list_dependents_request(
     if !violations.is_empty() {
         return Err(violations);
     }
-    let size = match usize::try_from(request.page_size).unwrap_or(0) {
-        0 => DEFAULT_PAGE_SIZE,
-        size => size.min(MAX_PAGE_SIZE),
-    };
     Ok(DependentsQuery {
         of,
         transitive: request.transitive,

@@ -256,7 +256,8 @@ pub fn parse_cursor(
     Err(violations.finish())
 }
 
-fn page_size(violations: &mut Violations<'_>, requested: i32) -> usize {
+/// A requested page size: 0 means the default, past the maximum the maximum, negative refused.
+pub(super) fn page_size(violations: &mut Violations<'_>, requested: i32) -> usize {
     if requested < 0 {
         violations.error(
             &Path::request_field("page_size"),
