@@ -70,9 +70,6 @@ pub trait Snapshot: Lookup {
 
     /// The position of the change log this view shows.
     fn head(&self) -> Result<u64, LookupError>;
-
-    /// The view as a plain [`Lookup`].
-    fn as_lookup(&self) -> &dyn Lookup;
 }
 
 /// Whether `entitlement` names one with valid ids (what the rules require of a resource's

@@ -124,10 +124,6 @@ impl Snapshot for Store {
     fn head(&self) -> Result<u64, LookupError> {
         Ok(7)
     }
-
-    fn as_lookup(&self) -> &dyn Lookup {
-        self
-    }
 }
 
 /// (leaf webhook id or unresolved reason, via names, field, inferred).

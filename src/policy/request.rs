@@ -188,11 +188,12 @@ fn decode_page_token(token: &str) -> Option<Cursor> {
     })
 }
 
-fn hex(bytes: &[u8]) -> String {
+/// Lower-case hex: the text of every token this service issues.
+pub(super) fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
-fn unhex(text: &str) -> Option<Vec<u8>> {
+pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {
     if !text.len().is_multiple_of(2) || text.len() > 4096 {
         return None;
     }

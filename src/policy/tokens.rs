@@ -3,6 +3,7 @@
 //! its kind, so a token of one kind is never read as another. They carry no secret: opacity is
 //! a contract (clients must not build them), not a protection.
 
+use super::request::{hex, unhex};
 use crate::pb;
 
 const CURSOR: &str = "cursor/1";
@@ -155,23 +156,15 @@ impl DependentsPage {
 }
 
 fn pack(fields: &[&str]) -> String {
-    fields
-        .join("\n")
-        .bytes()
-        .map(|b| format!("{b:02x}"))
-        .collect()
+    hex(fields.join("\n").as_bytes())
 }
 
 /// Runs `read` on the fields of a token; `None` for anything that is not the hex of UTF-8 text.
 fn with_fields<T>(text: &str, read: impl FnOnce(&[&str]) -> Option<T>) -> Option<T> {
-    if text.len() > MAX_TOKEN_CHARS || !text.len().is_multiple_of(2) {
+    if text.len() > MAX_TOKEN_CHARS {
         return None;
     }
-    let bytes = (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect::<Option<Vec<u8>>>()?;
-    let text = String::from_utf8(bytes).ok()?;
+    let text = String::from_utf8(unhex(text)?).ok()?;
     let fields: Vec<&str> = text.split('\n').collect();
     read(&fields)
 }

@@ -44,7 +44,7 @@ pub(super) async fn resolve(
                 .read_snapshot(Box::new(move |snapshot| {
                     let mut violations = static_violations;
                     if !policy::has_errors(&violations) {
-                        violations.extend(policy::check_graph(&resource, snapshot.as_lookup())?);
+                        violations.extend(policy::check_graph(&resource, snapshot)?);
                     }
                     // A preview the rules refuse has no plan: nothing of it would ever run.
                     let plan = if policy::has_errors(&violations) {
@@ -86,7 +86,7 @@ pub(super) async fn dependents(
     let (of, transitive) = (query.of.clone(), query.transitive);
     let found = store
         .read_snapshot(Box::new(move |snapshot| {
-            dependents::dependents(&of, transitive, snapshot.as_lookup())
+            dependents::dependents(&of, transitive, snapshot)
         }))
         .await?;
     let mut page: Vec<dependents::Dependent> = found
@@ -138,7 +138,7 @@ pub(super) async fn count_dependents(
     let entitlement = entitlement.clone();
     Ok(store
         .read_snapshot(Box::new(move |snapshot| {
-            dependent_count(Some(&entitlement), snapshot.as_lookup())
+            dependent_count(Some(&entitlement), snapshot)
         }))
         .await?)
 }

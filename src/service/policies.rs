@@ -67,7 +67,7 @@ pub(super) async fn validate(
     let dependent_count = if policy::needs_graph_check(&resource) {
         let (graph, count) = store
             .read_snapshot(Box::new(move |snapshot| {
-                let lookup = snapshot.as_lookup();
+                let lookup: &dyn policy::Lookup = snapshot;
                 let graph = policy::check_graph(&resource, lookup)?;
                 let count = plans::dependent_count(resource.entitlement.as_ref(), lookup)?;
                 Ok((graph, count))

@@ -21,6 +21,7 @@ pub mod changes;
 pub(crate) mod contract;
 #[cfg(test)]
 pub(crate) mod contract_log;
+pub(crate) mod head;
 pub mod postgres;
 pub mod record;
 pub mod sqlite;

@@ -143,10 +143,6 @@ impl<B: Blocker> Snapshot for ClientSnapshot<'_, B> {
         let head: i64 = row.try_get(0).map_err(StoreError::from)?;
         Ok(u64::try_from(head).unwrap_or_default())
     }
-
-    fn as_lookup(&self) -> &dyn Lookup {
-        self
-    }
 }
 
 /// Runs `read` against the snapshot of the transaction on `client`.

@@ -33,10 +33,9 @@ use super::queries::{self, Statements, id_arrays};
 use crate::pb;
 use crate::policy;
 use crate::store::changes::{self, HeadPublisher};
+use crate::store::head::{self, Head};
 use crate::store::record::clear_output_fields;
-use crate::store::{
-    Delete, DeleteOutcome, StoreError, StoredBinding, StoredRevision, Write, WriteOutcome,
-};
+use crate::store::{Delete, DeleteOutcome, StoreError, StoredBinding, Write, WriteOutcome};
 
 /// The most mutations one transaction holds: bounds how long the first caller of a batch waits
 /// for the others' checks, and how long other replicas wait for the lock. PostgreSQL caches 64
@@ -468,14 +467,9 @@ impl Session {
             )
         })?;
         let now: i64 = head.try_get(0)?;
-        let current: Option<i64> = head.try_get(1)?;
-        let created: Option<i64> = head.try_get(2)?;
-        let updated: Option<i64> = head.try_get(3)?;
-        let deleted = head.try_get::<_, Option<bool>>(4)?.unwrap_or(false);
-        check_expected(expected_revision, current.filter(|_| !deleted))?;
-        if create_only && current.is_some() && !deleted {
-            return Err(StoreError::AlreadyExists);
-        }
+        let head = head_of(&head)?;
+        head::check_expected(expected_revision, head)?;
+        head::check_create_only(create_only, head)?;
 
         let mut new_bindings = Vec::new();
         if !implicit_binding_sources.is_empty() {
@@ -513,17 +507,8 @@ impl Session {
             return Ok((Done::Written(outcome), created_bindings));
         }
 
-        // A clock stepped back must not make a revision older than the one it replaces.
-        let update_time = updated.map_or(now, |updated| now.max(updated));
-        let revision = current.map_or(1, |current| current + 1);
-        let create_time = created.unwrap_or(update_time);
-        let mut record = StoredRevision {
-            resource,
-            revision,
-            create_time: queries::time_from_micros(create_time)?,
-            update_time: queries::time_from_micros(update_time)?,
-            change_seq: 0,
-        };
+        let new = head::next(head, now, false);
+        let mut record = head::record(resource, new, 0, queries::time_from_micros)?;
         if validate_only {
             let outcome = WriteOutcome::Written { record, violations };
             return Ok((Done::Written(outcome), created_bindings));
@@ -531,30 +516,49 @@ impl Session {
         let bytes = record.resource.encode_to_vec();
         let mut log = vec![changes::put(&record)];
         log.extend(new_bindings.iter().map(changes::binding_created));
-        let payload = changes::encode(log, update_time);
-        let (apps, entitlements) = id_arrays(&delegation_targets);
+        let payload = changes::encode(log, new.update_time);
+        let seq = self.store_revision(conn, &key, &bytes, new, &delegation_targets, &payload)?;
+        record.change_seq = seq;
+        let outcome = WriteOutcome::Written { record, violations };
+        Ok((Done::Written(outcome), false))
+    }
+
+    /// Appends revision `new` of `key` (`bytes`, its delegation `targets`) to the history,
+    /// makes it the head, takes the next position of the log and appends `payload` there: one
+    /// pipelined round trip. Statements run in order, so the revision and the log entry read
+    /// the position the first one took.
+    fn store_revision(
+        &self,
+        conn: &Conn,
+        key: &pb::EntitlementRef,
+        bytes: &[u8],
+        new: Head,
+        targets: &[pb::EntitlementRef],
+        payload: &[u8],
+    ) -> Result<u64, StoreError> {
+        let (client, statements) = (&conn.client, &conn.statements);
+        let (apps, entitlements) = id_arrays(targets);
+        let key_params: [&(dyn ToSql + Sync); 2] = [&key.app_id, &key.entitlement_id];
         let [app_id, entitlement_id] = key_params;
         let revision_params: [&(dyn ToSql + Sync); 6] = [
             app_id,
             entitlement_id,
-            &revision,
+            &new.revision,
             &bytes,
-            &update_time,
-            &false,
+            &new.update_time,
+            &new.deleted,
         ];
         let policy_params: [&(dyn ToSql + Sync); 7] = [
             app_id,
             entitlement_id,
             &bytes,
-            &revision,
-            &create_time,
-            &update_time,
-            &false,
+            &new.revision,
+            &new.create_time,
+            &new.update_time,
+            &new.deleted,
         ];
         let edge_params: [&(dyn ToSql + Sync); 4] = [app_id, entitlement_id, &apps, &entitlements];
-        let change_params: [&(dyn ToSql + Sync); 2] = [&update_time, &payload];
-        // Pipelined: one round trip. Statements run in order, so the revision and the log entry
-        // read the position the first one took.
+        let change_params: [&(dyn ToSql + Sync); 2] = [&new.update_time, &payload];
         let (seq, ..) = self.block(async {
             tokio::try_join!(
                 client.query_one(&statements.next_seq, &[]),
@@ -570,9 +574,7 @@ impl Session {
                 client.execute(&statements.append_change, &change_params),
             )
         })?;
-        record.change_seq = self.took(&seq)?;
-        let outcome = WriteOutcome::Written { record, violations };
-        Ok((Done::Written(outcome), false))
+        self.took(&seq)
     }
 
     /// Preconditions, dependants, then the tombstone: the head's resource replaced by the bare
@@ -594,74 +596,35 @@ impl Session {
             )
         })?;
         let now: i64 = head.try_get(0)?;
-        let current: Option<i64> = head.try_get(1)?;
-        let deleted = head.try_get::<_, Option<bool>>(4)?.unwrap_or(false);
-        let Some(revision) = current.filter(|_| !deleted) else {
+        let Some(live) = head_of(&head)?.filter(|head| !head.deleted) else {
             return match allow_missing {
                 true => Ok((Done::Tombstoned(DeleteOutcome::Missing), false)),
                 false => Err(StoreError::NotFound),
             };
         };
-        check_expected(expected_revision, Some(revision))?;
+        head::check_expected(expected_revision, Some(live))?;
         let dependents = queries::refs_from_rows(&dependants)?;
         if !dependents.is_empty() {
             return Err(StoreError::HasDependants { dependents });
         }
-        let created: i64 = head.try_get(2)?;
-        let updated: i64 = head.try_get(3)?;
-        let update_time = now.max(updated);
-        let tombstone = revision + 1;
+        let tombstone = head::next(Some(live), now, true);
         if validate_only {
             let outcome = DeleteOutcome::Deleted {
-                revision: tombstone,
+                revision: tombstone.revision,
                 change_seq: 0,
             };
             return Ok((Done::Tombstoned(outcome), false));
         }
-        let last = StoredRevision {
-            resource: queries::decode_resource(head.try_get(5)?)?,
-            revision,
-            create_time: queries::time_from_micros(created)?,
-            update_time: queries::time_from_micros(updated)?,
-            change_seq: queries::seq_from_column(head.try_get(6)?)?,
-        };
-        let bytes = pb::EntitlementProvisionPolicy {
-            entitlement: Some(key.clone()),
-            ..Default::default()
-        }
-        .encode_to_vec();
-        let payload = changes::encode(vec![changes::delete(tombstone, &last)], update_time);
-        let [app_id, entitlement_id] = key_params;
-        let revision_params: [&(dyn ToSql + Sync); 6] = [
-            app_id,
-            entitlement_id,
-            &tombstone,
-            &bytes,
-            &update_time,
-            &true,
-        ];
-        let policy_params: [&(dyn ToSql + Sync); 7] = [
-            app_id,
-            entitlement_id,
-            &bytes,
-            &tombstone,
-            &created,
-            &update_time,
-            &true,
-        ];
-        let change_params: [&(dyn ToSql + Sync); 2] = [&update_time, &payload];
-        let (seq, ..) = self.block(async {
-            tokio::try_join!(
-                client.query_one(&statements.next_seq, &[]),
-                client.execute(&statements.insert_revision, &revision_params),
-                client.execute(&statements.upsert_policy, &policy_params),
-                client.execute(&statements.delete_edges, &key_params),
-                client.execute(&statements.append_change, &change_params),
-            )
-        })?;
+        let resource = queries::decode_resource(head.try_get(5)?)?;
+        let last_seq = queries::seq_from_column(head.try_get(6)?)?;
+        let last = head::record(resource, live, last_seq, queries::time_from_micros)?;
+        let bytes = head::tombstone(&key).encode_to_vec();
+        let log = vec![changes::delete(tombstone.revision, &last)];
+        let payload = changes::encode(log, tombstone.update_time);
+        let seq = self.store_revision(conn, &key, &bytes, tombstone, &[], &payload)?;
         let outcome = DeleteOutcome::Deleted {
-            revision: tombstone,
-            change_seq: self.took(&seq)?,
+            revision: tombstone.revision,
+            change_seq: seq,
         };
         Ok((Done::Tombstoned(outcome), false))
     }
@@ -882,14 +845,19 @@ fn commit_batch(session: &mut Session, batch: Vec<(Op, Reply)>, commits: &Atomic
 }
 
 /// The precondition of a write or delete; `current` is `None` when there is no live resource.
-fn check_expected(expected: Option<i64>, current: Option<i64>) -> Result<(), StoreError> {
-    match expected {
-        Some(expected) if current.unwrap_or(0) != expected => Err(StoreError::RevisionMismatch {
-            expected,
-            actual: current,
-        }),
-        _ => Ok(()),
-    }
+/// The head columns of a head query's row (revision, create and update time, deleted at 1-4),
+/// `None` when the entitlement was never written.
+fn head_of(row: &tokio_postgres::Row) -> Result<Option<Head>, StoreError> {
+    let revision: Option<i64> = row.try_get(1)?;
+    let Some(revision) = revision else {
+        return Ok(None);
+    };
+    Ok(Some(Head {
+        revision,
+        create_time: row.try_get(2)?,
+        update_time: row.try_get(3)?,
+        deleted: row.try_get::<_, Option<bool>>(4)?.unwrap_or(false),
+    }))
 }
 
 fn answer_all_failed(replies: impl Iterator<Item = Reply>, err: StoreError) {

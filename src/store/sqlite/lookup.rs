@@ -48,10 +48,6 @@ impl Snapshot for ConnLookup<'_> {
     fn head(&self) -> Result<u64, LookupError> {
         Ok(queries::log_state(self.0)?.1)
     }
-
-    fn as_lookup(&self) -> &dyn Lookup {
-        self
-    }
 }
 
 /// Runs `read` against `conn`, which must be inside a read transaction (one snapshot).

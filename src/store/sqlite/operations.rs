@@ -8,51 +8,23 @@ use rusqlite::Connection;
 use super::dependants::EdgeChange;
 use super::error::Failure;
 use super::lookup::run_check;
-use super::queries::{self, Head};
+use super::queries;
 use super::writer::Operation;
 use crate::pb;
 use crate::policy;
 use crate::store::changes;
+use crate::store::head::{self, Head};
 use crate::store::record::clear_output_fields;
 use crate::store::{
     Delete, DeleteOutcome, StoreError, StoredBinding, StoredRevision, Write, WriteOutcome,
 };
-
-/// The precondition of a write or delete; a deleted head counts as no resource.
-fn check_expected(expected: Option<i64>, head: Option<Head>) -> Result<(), StoreError> {
-    let actual = head.filter(|head| !head.deleted).map(|head| head.revision);
-    match expected {
-        Some(expected) if actual.unwrap_or(0) != expected => {
-            Err(StoreError::RevisionMismatch { expected, actual })
-        }
-        _ => Ok(()),
-    }
-}
-
-/// The next revision of `head` written `now`: a clock stepped back must not make it older than
-/// the one it replaces; the create time is that of revision 1.
-fn next_head(head: Option<Head>, now: i64, deleted: bool) -> Head {
-    let update_time = head.map_or(now, |head| now.max(head.update_time));
-    Head {
-        revision: head.map_or(1, |head| head.revision + 1),
-        create_time: head.map_or(update_time, |head| head.create_time),
-        update_time,
-        deleted,
-    }
-}
 
 fn record_of(
     resource: pb::EntitlementProvisionPolicy,
     head: Head,
     change_seq: u64,
 ) -> Result<StoredRevision, StoreError> {
-    Ok(StoredRevision {
-        resource,
-        revision: head.revision,
-        create_time: queries::time_from_micros(head.create_time)?,
-        update_time: queries::time_from_micros(head.update_time)?,
-        change_seq,
-    })
+    head::record(resource, head, change_seq, queries::time_from_micros)
 }
 
 impl Operation for Write {
@@ -84,10 +56,8 @@ impl Operation for Write {
             .clone()
             .ok_or(Failure::MissingEntitlement)?;
         let head = queries::head(conn, &key)?;
-        check_expected(expected_revision, head)?;
-        if create_only && head.is_some_and(|head| !head.deleted) {
-            return Err(StoreError::AlreadyExists);
-        }
+        head::check_expected(expected_revision, head)?;
+        head::check_create_only(create_only, head)?;
 
         let now = queries::now_micros();
         let mut created = Vec::new();
@@ -108,7 +78,7 @@ impl Operation for Write {
             return Ok((WriteOutcome::Rejected { violations }, false));
         }
 
-        let new = next_head(head, now, false);
+        let new = head::next(head, now, false);
         if validate_only {
             let record = record_of(resource, new, 0)?;
             return Ok((WriteOutcome::Written { record, violations }, false));
@@ -149,12 +119,12 @@ impl Operation for Delete {
                 false => Err(StoreError::NotFound),
             };
         };
-        check_expected(expected_revision, Some(head))?;
+        head::check_expected(expected_revision, Some(head))?;
         let dependents = queries::dependants(conn, &key)?;
         if !dependents.is_empty() {
             return Err(StoreError::HasDependants { dependents });
         }
-        let tombstone = next_head(Some(head), queries::now_micros(), true);
+        let tombstone = head::next(Some(head), queries::now_micros(), true);
         if validate_only {
             let outcome = DeleteOutcome::Deleted {
                 revision: tombstone.revision,
@@ -164,11 +134,8 @@ impl Operation for Delete {
         }
         let last = queries::current(conn, &key)?.ok_or(Failure::MissingEntitlement)?;
         let seq = queries::next_seq(conn)?;
-        let bare = pb::EntitlementProvisionPolicy {
-            entitlement: Some(key.clone()),
-            ..Default::default()
-        };
-        queries::store_revision(conn, &key, &bare.encode_to_vec(), tombstone, seq)?;
+        let bare = head::tombstone(&key).encode_to_vec();
+        queries::store_revision(conn, &key, &bare, tombstone, seq)?;
         queries::replace_delegations(conn, &key, &[])?;
         let log = vec![changes::delete(tombstone.revision, &last)];
         queries::append_change(conn, seq, tombstone.update_time, log)?;

@@ -9,21 +9,11 @@ use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
 use super::error::Failure;
 use crate::pb;
 use crate::store::changes::{self, ChangeSet};
+use crate::store::head::Head;
 use crate::store::{
     BindingQuery, HistoryEntry, PolicyQuery, RevisionQuery, StoreError, StoredBinding,
     StoredRevision,
 };
-
-/// A revision number of an entitlement and its times (unix microseconds), without the resource:
-/// what a write's precondition reads and what its new record is made of.
-#[derive(Debug, Clone, Copy)]
-pub(super) struct Head {
-    pub revision: i64,
-    pub create_time: i64,
-    pub update_time: i64,
-    /// The revision is a tombstone: the entitlement has no live resource.
-    pub deleted: bool,
-}
 
 pub(super) fn head(
     conn: &Connection,
