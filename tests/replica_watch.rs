@@ -10,10 +10,9 @@ mod common;
 use std::collections::{HashMap, HashSet};
 use std::time::{Duration, Instant};
 
-use common::postgres::{self, Replica, TestSchema};
+use common::postgres::{self, TestSchema, client_of};
 use common::*;
 use provisiond::pb;
-use provisiond::pb::provision_policy_service_client::ProvisionPolicyServiceClient;
 use tonic::{Code, Streaming};
 
 /// Bounds a hang only.
@@ -26,12 +25,6 @@ macro_rules! schema_or_skip {
             None => return,
         }
     };
-}
-
-async fn client_of(replica: &Replica) -> Client {
-    ProvisionPolicyServiceClient::connect(replica.endpoint())
-        .await
-        .expect("connect")
 }
 
 type Stream = Streaming<pb::WatchProvisionPoliciesResponse>;

@@ -12,10 +12,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-use common::postgres::{self, Replica, Started, TestSchema};
+use common::postgres::{self, Started, TestSchema, client_of};
 use common::*;
 use provisiond::pb;
-use provisiond::pb::provision_policy_service_client::ProvisionPolicyServiceClient;
 use tokio::task::JoinSet;
 use tonic::Code;
 
@@ -26,12 +25,6 @@ macro_rules! schema_or_skip {
             None => return,
         }
     };
-}
-
-async fn client_of(replica: &Replica) -> Client {
-    ProvisionPolicyServiceClient::connect(replica.endpoint())
-        .await
-        .expect("connect")
 }
 
 fn counter(value: u64) -> pb::ProvisionPolicy {

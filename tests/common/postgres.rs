@@ -131,3 +131,10 @@ pub fn start_listening(store: &str) -> Replica {
         Started::Exited { status, log } => panic!("provisiond exited ({status}): {log:#?}"),
     }
 }
+
+/// A client of `replica`'s gRPC endpoint.
+pub async fn client_of(replica: &Replica) -> super::Client {
+    super::Client::connect(replica.endpoint())
+        .await
+        .expect("connect")
+}
