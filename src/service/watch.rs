@@ -196,13 +196,13 @@ impl<S: Store> Watcher<S> {
                 .map_err(|error| Stop::Failed(error.into()))?;
             let more = sets.len() == BATCH;
             for set in sets {
-                self.position = set.seq;
                 let changes: Vec<pb::PolicyChange> = set
                     .changes
                     .into_iter()
                     .filter(|change| self.spec.filter.matches_change(change))
                     .collect();
                 if changes.is_empty() {
+                    self.position = set.seq;
                     continue;
                 }
                 let message = pb::WatchProvisionPoliciesResponse {
@@ -211,7 +211,11 @@ impl<S: Store> Watcher<S> {
                     checkpoint: false,
                     commit_time: Some(timestamp(set.commit_time)),
                 };
+                // The position moves only once the message is queued: a send cut short by the
+                // shutdown must leave the final checkpoint before this write, or the client
+                // would resume past a change it never got.
                 self.send(message).await?;
+                self.position = set.seq;
                 sent = true;
             }
             if !more {
@@ -289,4 +293,47 @@ impl<S: Store> Watcher<S> {
 
 fn passes(filter: &WatchFilter, entitlement: Option<&pb::EntitlementRef>) -> bool {
     entitlement.is_some_and(|e| filter.matches(e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::contract::{entitlement, put, resource};
+    use crate::store::sqlite::SqliteStore;
+
+    /// A stopping server must not hand out a checkpoint past a change it could not queue: the
+    /// client would resume after it and never see it.
+    #[tokio::test]
+    async fn a_send_cut_short_by_shutdown_leaves_the_final_checkpoint_before_it() {
+        let dir = tempfile::TempDir::new().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let start = store.head().await.unwrap();
+        store
+            .write(put(resource(&entitlement("app", "e"), "hook")))
+            .await
+            .unwrap();
+        // A queue the client never drains: the change's send waits until the shutdown.
+        let (sender, mut receiver) = mpsc::channel(1);
+        sender.try_send(Err(Status::ok("filler"))).unwrap();
+        let (stopping, shutdown) = signal::channel(false);
+        let request = pb::WatchProvisionPoliciesRequest::default();
+        let watcher = Watcher {
+            spec: lifecycle::parse_watch_request(&request, store.store_id()).unwrap(),
+            store: store.clone(),
+            position: start,
+            sender,
+            shutdown,
+        };
+        let task = tokio::spawn(watcher.run());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        stopping.send_replace(true);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        // Room again: the final checkpoint goes in.
+        receiver.recv().await.unwrap().unwrap_err();
+        task.await.unwrap();
+        let last = receiver.recv().await.unwrap().unwrap();
+        assert!(last.checkpoint && last.changes.is_empty(), "{last:?}");
+        assert_eq!(last.cursor, cursor_of(&*store, start));
+        assert!(receiver.recv().await.is_none());
+    }
 }
