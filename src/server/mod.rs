@@ -3,6 +3,7 @@
 //! Transport concerns are layers around the services (`request_log.rs`).
 
 mod health;
+pub mod principal;
 pub mod request_log;
 
 use std::future::Future;
