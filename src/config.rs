@@ -53,6 +53,73 @@ pub struct Config {
     /// How long shutdown waits for in-flight RPCs before closing the store, in seconds.
     #[arg(long, env = "PROVISIOND_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
+
+    /// The server's TLS certificate chain (PEM). With --tls-key, gRPC is served over TLS 1.2+
+    /// only. Reloaded on SIGHUP and when the file changes.
+    #[arg(long, env = "PROVISIOND_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, env = "PROVISIOND_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+
+    /// CA certificates (PEM) client certificates must chain to: mTLS, every client must present
+    /// one. The principal is the certificate's subject (or its first DNS/URI name).
+    #[arg(long, env = "PROVISIOND_TLS_CLIENT_CA", requires = "tls_cert")]
+    pub tls_client_ca: Option<PathBuf>,
+
+    /// Who may call, one per line: `NAME ROLE sha256:HEX` (see `provisiond hash-token`) or
+    /// `NAME ROLE cert:SUBJECT`; roles reader, writer, admin. Reloaded on SIGHUP and on change.
+    #[arg(long, env = "PROVISIOND_AUTH_TOKENS_FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+
+    /// How often the TLS and tokens files are checked for changes.
+    #[arg(long, env = "PROVISIOND_RELOAD_INTERVAL", default_value = "10s", value_parser = parse_interval)]
+    pub reload_interval: Duration,
+
+    /// Reflection needs a reader's credentials too (by default it is open, like health).
+    #[arg(long, env = "PROVISIOND_REFLECTION_REQUIRES_AUTH")]
+    pub reflection_requires_auth: bool,
+
+    /// Serve without authentication on an address other than loopback. Without a tokens file
+    /// or a client CA, provisiond refuses to do so unless this is given.
+    #[arg(long, env = "PROVISIOND_ALLOW_UNAUTHENTICATED")]
+    pub allow_unauthenticated: bool,
+
+    /// RPCs handled at once across all connections (Watch streams aside); past it
+    /// RESOURCE_EXHAUSTED with RetryInfo.
+    #[arg(long, env = "PROVISIOND_MAX_CONCURRENT_RPCS", default_value_t = 1024, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_concurrent_rpcs: u32,
+
+    /// Open Watch streams per principal; past it RESOURCE_EXHAUSTED with RetryInfo.
+    #[arg(long, env = "PROVISIOND_MAX_WATCH_STREAMS_PER_PRINCIPAL", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_watch_streams_per_principal: u32,
+
+    /// Open connections, handshaking or established; new ones past it are closed at once.
+    #[arg(long, env = "PROVISIOND_MAX_CONNECTIONS", default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: u32,
+
+    /// How long a new connection has to finish its TLS handshake and send the HTTP/2 preface.
+    #[arg(long, env = "PROVISIOND_HANDSHAKE_TIMEOUT", default_value = "5s", value_parser = parse_interval)]
+    pub handshake_timeout: Duration,
+
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum Command {
+    /// Print the tokens-file line for a token read from standard input (the token itself is
+    /// never written anywhere), e.g. `openssl rand -hex 32 | tee token | provisiond hash-token
+    /// --name ci --role writer >> tokens`.
+    HashToken {
+        /// The principal's name, as logs and revisions will show it.
+        #[arg(long)]
+        name: String,
+        /// reader, writer or admin.
+        #[arg(long, value_parser = ["reader", "writer", "admin"])]
+        role: String,
+    },
 }
 
 /// `500ms` or `5s` (or plain seconds), between 10 ms and 1 h.
@@ -94,6 +161,18 @@ impl Config {
             reflection: true,
             health_probe_interval: Duration::from_secs(5),
             shutdown_grace_seconds: 10,
+            tls_cert: None,
+            tls_key: None,
+            tls_client_ca: None,
+            auth_tokens_file: None,
+            reload_interval: Duration::from_secs(10),
+            reflection_requires_auth: false,
+            allow_unauthenticated: false,
+            max_concurrent_rpcs: 1024,
+            max_watch_streams_per_principal: 1000,
+            max_connections: 10_000,
+            handshake_timeout: Duration::from_secs(5),
+            command: None,
         }
     }
 

@@ -3,11 +3,13 @@
 //! and a message that is useful without the details.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use tonic::Code;
 use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
 
 use crate::pb;
+use crate::server::principal::Role;
 use crate::store::StoreError;
 
 /// The `ErrorInfo.domain` of every error this service returns.
@@ -94,6 +96,25 @@ pub enum Error {
     /// The server is stopping; the stream ends after a final checkpoint.
     #[error("shutting down")]
     ShuttingDown,
+    /// No credentials, or ones no principal has. What was wrong is said without echoing it.
+    #[error("unauthenticated")]
+    Unauthenticated { why: &'static str },
+    /// A known principal whose role does not cover the method.
+    #[error("permission denied")]
+    PermissionDenied {
+        principal: String,
+        /// None: a verified client certificate the tokens file gives no role.
+        role: Option<Role>,
+        method: String,
+        needed: Role,
+    },
+    /// A server limit is reached; retry after the delay.
+    #[error("resource exhausted")]
+    Exhausted {
+        limit: &'static str,
+        value: usize,
+        retry_after: Duration,
+    },
     /// The store failed.
     #[error("store failure")]
     Store(#[from] StoreError),
@@ -333,6 +354,59 @@ impl From<Error> for tonic::Status {
                     .to_owned(),
                 HashMap::new(),
             ),
+            Error::Unauthenticated { why } => (
+                Code::Unauthenticated,
+                "UNAUTHENTICATED",
+                format!(
+                    "{why}: send `authorization: Bearer <token>` with a token of the server's \
+                     tokens file, or a client certificate it knows"
+                ),
+                HashMap::new(),
+            ),
+            Error::PermissionDenied {
+                principal,
+                role,
+                method,
+                needed,
+            } => {
+                let held = role.map_or("no role in the tokens file".to_owned(), |role| {
+                    format!("role {role}")
+                });
+                let message = format!(
+                    "{principal} ({held}) may not call {method}: it needs the {needed} role"
+                );
+                let metadata = metadata_of([
+                    ("principal", principal),
+                    ("role", role.map_or(String::new(), |role| role.to_string())),
+                    ("method", method),
+                    ("required_role", needed.to_string()),
+                ]);
+                (
+                    Code::PermissionDenied,
+                    "PERMISSION_DENIED",
+                    message,
+                    metadata,
+                )
+            }
+            Error::Exhausted {
+                limit,
+                value,
+                retry_after,
+            } => {
+                details.set_retry_info(Some(retry_after));
+                let message = format!(
+                    "the server is at its limit of {value} ({limit}); retry in {} ms",
+                    retry_after.as_millis()
+                );
+                let metadata =
+                    metadata_of([("limit", limit.to_owned()), ("value", value.to_string())]);
+                (
+                    Code::ResourceExhausted,
+                    "RESOURCE_EXHAUSTED",
+                    message,
+                    metadata,
+                )
+            }
             Error::Store(store_error) => match store_error {
                 StoreError::RevisionMismatch { expected, actual } => {
                     // The service turns this into EtagMismatch; kept exhaustive all the same.

@@ -3,13 +3,20 @@
 use std::io::IsTerminal;
 use std::process::ExitCode;
 
+use std::io::Read;
+
 use clap::Parser;
-use provisiond::config::{Config, LogFormat};
+use provisiond::config::{Command, Config, LogFormat};
+use provisiond::server::principal::Role;
+use provisiond::server::tokens;
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
+    if let Some(Command::HashToken { name, role }) = &config.command {
+        return hash_token(name, role);
+    }
     init_tracing(&config);
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
@@ -23,6 +30,29 @@ async fn main() -> ExitCode {
         Err(error) => {
             tracing::error!(%error, "provisiond stopped");
             ExitCode::FAILURE
+        }
+    }
+}
+
+/// `provisiond hash-token`: the tokens-file line for the token on standard input (one trailing
+/// newline is dropped, so `echo` and `openssl rand -hex 32` both work).
+fn hash_token(name: &str, role: &str) -> ExitCode {
+    let mut input = String::new();
+    if let Err(error) = std::io::stdin().read_to_string(&mut input) {
+        eprintln!("cannot read the token from standard input: {error}");
+        return ExitCode::from(2);
+    }
+    let token = input.strip_suffix('\n').unwrap_or(&input);
+    let token = token.strip_suffix('\r').unwrap_or(token);
+    let role = Role::parse(role).unwrap_or(Role::Reader);
+    match tokens::line_for(name, role, token) {
+        Ok(line) => {
+            println!("{line}");
+            ExitCode::SUCCESS
+        }
+        Err(problem) => {
+            eprintln!("hash-token: {problem}");
+            ExitCode::from(2)
         }
     }
 }

@@ -1,10 +1,19 @@
 //! `serve`: the one entry point that `main` and the tests use. It opens the store, wires the
 //! policy service, health and reflection, serves until `shutdown`, drains, and closes the store.
-//! Transport concerns are layers around the services (`request_log.rs`).
+//! Transport concerns are layers around the services, outermost first: the request log, auth
+//! (`auth.rs` with `roles.rs`), limits; under them all, our own acceptor (`connections.rs`)
+//! terminates TLS so that certificates reload (`reload.rs`).
 
+mod auth;
+pub mod connections;
 mod health;
+mod limits;
 pub mod principal;
+mod reload;
 pub mod request_log;
+pub mod roles;
+pub mod tls;
+pub mod tokens;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -12,7 +21,6 @@ use std::time::Duration;
 
 use tokio::net::TcpListener;
 use tonic::transport::Server;
-use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
 use crate::config::Config;
@@ -22,9 +30,15 @@ use crate::service::PolicyService;
 use crate::store::Store;
 use crate::store::postgres::{self, PostgresStore};
 use crate::store::sqlite::{OpenError, SqliteStore};
+use connections::Acceptor;
+use reload::{Security, SecurityError};
+use tls::TlsFiles;
 
 /// Requests larger than this are refused by tonic (OUT_OF_RANGE) before any of our code runs.
 pub const MAX_REQUEST_BYTES: usize = 1 << 20;
+/// A request's headers together (HTTP/2 SETTINGS_MAX_HEADER_LIST_SIZE): far above what any
+/// client sends, far below a header meant to exhaust memory.
+const MAX_HEADER_LIST_BYTES: u32 = 64 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
@@ -42,6 +56,13 @@ pub enum ServeError {
     Transport(#[from] tonic::transport::Error),
     #[error("cannot close the store: {0}")]
     Close(#[from] crate::store::StoreError),
+    #[error(transparent)]
+    Security(#[from] SecurityError),
+    #[error(
+        "refusing to serve without authentication on {0}, which is not a loopback address: give \
+         --auth-tokens-file or --tls-client-ca, or --allow-unauthenticated to accept the risk"
+    )]
+    Unauthenticated(std::net::SocketAddr),
 }
 
 /// Serves provisiond on `listener` until `shutdown` completes, then drains in-flight RPCs for at
@@ -51,16 +72,41 @@ pub async fn serve(
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
+    // Refused before the store opens: a misconfigured server must not start at all.
+    let security = Security::load(tls_files(config), config.auth_tokens_file.clone())?;
+    let address = listener.local_addr()?;
+    if security.tokens.is_none()
+        && !security.mtls()
+        && !address.ip().is_loopback()
+        && !config.allow_unauthenticated
+    {
+        return Err(ServeError::Unauthenticated(address));
+    }
+    let security = Arc::new(security);
     match config.store.as_str() {
         "sqlite" => {
             let store = SqliteStore::open(&config.data_dir)?;
             tracing::info!(data_dir = %config.data_dir.display(), "opened the SQLite store");
-            serve_store(listener, Arc::new(store), config, shutdown).await
+            serve_store(
+                listener,
+                Arc::new(store),
+                security.clone(),
+                config,
+                shutdown,
+            )
+            .await
         }
         url if postgres::is_url(url) => {
             let store = PostgresStore::open(url).await?;
             tracing::info!(database = store.target(), "opened the PostgreSQL store");
-            serve_store(listener, Arc::new(store), config, shutdown).await
+            serve_store(
+                listener,
+                Arc::new(store),
+                security.clone(),
+                config,
+                shutdown,
+            )
+            .await
         }
         other => Err(ServeError::UnknownStore(redacted(other))),
     }
@@ -75,9 +121,18 @@ fn redacted(store: &str) -> String {
     }
 }
 
+fn tls_files(config: &Config) -> Option<TlsFiles> {
+    Some(TlsFiles {
+        cert: config.tls_cert.clone()?,
+        key: config.tls_key.clone()?,
+        client_ca: config.tls_client_ca.clone(),
+    })
+}
+
 async fn serve_store<S: Store>(
     listener: TcpListener,
     store: Arc<S>,
+    security: Arc<Security>,
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
@@ -102,6 +157,29 @@ async fn serve_store<S: Store>(
         (None, None)
     };
 
+    let reloader = security.spawn_reloader(config.reload_interval);
+    let layers = tower::ServiceBuilder::new()
+        .layer(request_log::RequestLogLayer)
+        .layer(auth::AuthLayer::new(
+            security.tokens.clone(),
+            security.mtls(),
+            config.reflection_requires_auth,
+        ))
+        .layer(limits::LimitLayer::new(
+            config.max_concurrent_rpcs as usize,
+            config.max_watch_streams_per_principal as usize,
+        ))
+        .into_inner();
+    let incoming = connections::incoming(
+        listener,
+        Acceptor {
+            tls: security.tls.clone(),
+            handshake_timeout: config.handshake_timeout,
+            max_connections: config.max_connections as usize,
+        },
+    );
+    log_security(&security, address);
+
     let (stop_accepting, stopped) = tokio::sync::oneshot::channel::<()>();
     let server = Server::builder()
         .timeout(Duration::from_secs(30))
@@ -109,18 +187,16 @@ async fn serve_store<S: Store>(
         .http2_keepalive_timeout(Some(Duration::from_secs(20)))
         .max_concurrent_streams(Some(256))
         .http2_max_pending_accept_reset_streams(Some(64))
+        .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
         .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
-        .layer(request_log::RequestLogLayer)
+        .layer(layers)
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
         .add_service(policy_service)
-        .serve_with_incoming_shutdown(
-            TcpIncoming::from(listener).with_nodelay(Some(true)),
-            async {
-                let _ = stopped.await;
-            },
-        );
+        .serve_with_incoming_shutdown(incoming, async {
+            let _ = stopped.await;
+        });
     tokio::pin!(server);
     // Tests and the process harness read this line to learn the port when listening on port 0.
     tracing::info!(%address, "listening");
@@ -141,9 +217,25 @@ async fn serve_store<S: Store>(
         }
     }
     probe.abort();
+    reloader.abort();
     store.close().await?;
     tracing::info!("store closed; bye");
     Ok(())
+}
+
+fn log_security(security: &Security, address: std::net::SocketAddr) {
+    let tls = if security.tls.is_some() { "on" } else { "off" };
+    match (&security.tokens, security.mtls()) {
+        (None, false) => tracing::warn!(
+            %address, tls,
+            "authentication is OFF: every caller may read and write every policy"
+        ),
+        (tokens, mtls) => tracing::info!(
+            %address, tls, mtls,
+            principals = tokens.as_ref().map_or(0, |tokens| tokens.load().len()),
+            "authentication on"
+        ),
+    }
 }
 
 /// Reflection over our protos and the ones clients need to render errors and health.

@@ -15,8 +15,10 @@ use std::time::Instant;
 
 use http::{HeaderMap, HeaderValue};
 use http_body::{Body, Frame, SizeHint};
-use tonic::transport::server::TcpConnectInfo;
 use tower::{Layer, Service};
+
+use super::connections::Peer;
+use super::principal::{ANONYMOUS, Principal};
 
 /// The header a request id travels in, both ways.
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
@@ -65,8 +67,9 @@ where
             method: request.uri().path().to_owned(),
             peer: request
                 .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr),
+                .get::<Peer>()
+                .and_then(|peer| peer.addr),
+            principal: None,
             request_id: request_id.clone(),
             started: Instant::now(),
         };
@@ -74,6 +77,12 @@ where
         let response = self.inner.call(request);
         Box::pin(async move {
             let mut response = response.await?;
+            // The auth layer, inside this one, says who called (also when it refused them).
+            let mut entry = entry;
+            entry.principal = response
+                .extensions()
+                .get::<Principal>()
+                .map(|principal| principal.name.clone());
             if let Ok(value) = HeaderValue::from_str(&entry.request_id) {
                 response.headers_mut().insert(REQUEST_ID_HEADER, value);
             }
@@ -107,6 +116,7 @@ fn grpc_status(headers: &HeaderMap) -> Option<i32> {
 struct Entry {
     method: String,
     peer: Option<SocketAddr>,
+    principal: Option<String>,
     request_id: String,
     started: Instant,
 }
@@ -117,8 +127,7 @@ impl Entry {
         // Microsecond precision is plenty for a log line.
         let duration_ms = (self.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
         let peer = self.peer.map(|peer| peer.to_string()).unwrap_or_default();
-        // No authentication yet: every caller is anonymous.
-        let principal = "anonymous";
+        let principal = self.principal.as_deref().unwrap_or(ANONYMOUS);
         if self.method.starts_with(HEALTH_PREFIX) {
             tracing::debug!(method = %self.method, code, duration_ms, principal, peer, request_id = %self.request_id, "rpc");
         } else {
