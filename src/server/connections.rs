@@ -3,7 +3,7 @@
 //! Without this, a TCP connection that never sends a byte stays open for ever and a few
 //! thousand of them exhaust the process's file descriptors. So every connection gets
 //! `handshake_timeout` to complete its TLS handshake (when TLS is on) and send the HTTP/2
-//! client preface; only then is it handed to tonic. `max_connections` counts every open
+//! client preface and SETTINGS frame; only then is it handed to tonic. `max_connections` counts every open
 //! connection, handshaking or not: past it new ones are closed at once and established RPCs
 //! go on.
 //!
@@ -31,6 +31,9 @@ use super::tls;
 
 /// What every HTTP/2 connection starts with (RFC 9113 §3.4).
 const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+const FRAME_HEADER: usize = 9;
+/// Each setting is 6 bytes and there are a handful of kinds; a longer SETTINGS frame is hostile.
+const MAX_SETTINGS_PAYLOAD: usize = 6 * 64;
 /// Connections that finished their handshake, waiting for tonic to take them.
 const READY_QUEUE: usize = 64;
 
@@ -123,20 +126,36 @@ async fn handshake(
             Io::Tls(Box::new(tls))
         }
     };
-    let mut preface = [0u8; PREFACE.len()];
-    io.read_exact(&mut preface).await?;
-    if &preface != PREFACE {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "not an HTTP/2 client preface",
-        ));
-    }
+    let replay = read_preface(&mut io).await?;
     Ok(Connection {
         io,
-        replay: PREFACE.len(),
+        replay,
+        replayed: 0,
         peer,
         _slot: slot,
     })
+}
+
+/// Reads the client's preface: the magic string, then the frame header and payload of its
+/// SETTINGS frame (RFC 9113 §3.4), which is all the server needs to finish the HTTP/2
+/// handshake. Returns the bytes read, to be replayed to tonic.
+async fn read_preface(io: &mut Io) -> io::Result<Vec<u8>> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
+    let mut head = [0u8; PREFACE.len() + FRAME_HEADER];
+    io.read_exact(&mut head).await?;
+    if &head[..PREFACE.len()] != PREFACE {
+        return Err(invalid("not an HTTP/2 client preface"));
+    }
+    let frame = &head[PREFACE.len()..];
+    let length = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
+    let settings = frame[3] == 0x4 && frame[4] & 0x1 == 0 && frame[5..9] == [0, 0, 0, 0];
+    if !settings || length % 6 != 0 || length > MAX_SETTINGS_PAYLOAD {
+        return Err(invalid("the preface is not followed by a SETTINGS frame"));
+    }
+    let mut bytes = head.to_vec();
+    bytes.resize(head.len() + length, 0);
+    io.read_exact(&mut bytes[head.len()..]).await?;
+    Ok(bytes)
 }
 
 enum Io {
@@ -147,8 +166,9 @@ enum Io {
 /// A connection past its handshake. The preface read to check it is replayed to tonic first.
 pub struct Connection {
     io: Io,
-    /// Bytes of the preface still to hand to the reader.
-    replay: usize,
+    /// The preface as read, handed to the reader first.
+    replay: Vec<u8>,
+    replayed: usize,
     peer: Peer,
     /// Frees the connection's place under --max-connections when it closes.
     _slot: OwnedSemaphorePermit,
@@ -182,11 +202,15 @@ impl AsyncRead for Connection {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = self.get_mut();
-        if this.replay > 0 {
-            let start = PREFACE.len() - this.replay;
-            let n = this.replay.min(buf.remaining());
-            buf.put_slice(&PREFACE[start..start + n]);
-            this.replay -= n;
+        if this.replayed < this.replay.len() {
+            let rest = &this.replay[this.replayed..];
+            let n = rest.len().min(buf.remaining());
+            buf.put_slice(&rest[..n]);
+            this.replayed += n;
+            if this.replayed == this.replay.len() {
+                this.replay = Vec::new();
+                this.replayed = 0;
+            }
             return Poll::Ready(Ok(()));
         }
         Pin::new(&mut this.io).poll_read(cx, buf)

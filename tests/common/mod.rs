@@ -1,6 +1,7 @@
 //! A provisiond served in-process through `server::serve` on 127.0.0.1:0, with the generated client.
 #![allow(dead_code)] // each test binary uses a different part of this module
 
+pub mod certs;
 pub mod postgres;
 pub mod process;
 
@@ -42,12 +43,10 @@ impl TestServer {
             })
             .await
         });
-        // The listener is bound before serve runs, so connecting cannot race the start.
+        // Lazily: a server with TLS takes no plaintext client (its tests make their own).
         let channel = Channel::from_shared(format!("http://{address}"))
             .expect("uri")
-            .connect()
-            .await
-            .expect("connect");
+            .connect_lazy();
         Self {
             address,
             client: ProvisionPolicyServiceClient::new(channel),
