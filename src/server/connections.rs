@@ -149,7 +149,7 @@ async fn read_preface(io: &mut Io) -> io::Result<Vec<u8>> {
     let frame = &head[PREFACE.len()..];
     let length = u32::from_be_bytes([0, frame[0], frame[1], frame[2]]) as usize;
     let settings = frame[3] == 0x4 && frame[4] & 0x1 == 0 && frame[5..9] == [0, 0, 0, 0];
-    if !settings || length % 6 != 0 || length > MAX_SETTINGS_PAYLOAD {
+    if !settings || !length.is_multiple_of(6) || length > MAX_SETTINGS_PAYLOAD {
         return Err(invalid("the preface is not followed by a SETTINGS frame"));
     }
     let mut bytes = head.to_vec();
