@@ -1,8 +1,9 @@
 //! `serve`: the one entry point that `main` and the tests use. It opens the store, wires the
 //! policy service, health and reflection, serves until `shutdown`, drains, and closes the store.
-//! Transport concerns are layers around the services (`request_log.rs`).
+//! Transport concerns are layers around the services (`metrics.rs`, `request_log.rs`).
 
 mod health;
+pub mod metrics;
 pub mod principal;
 pub mod request_log;
 
@@ -19,7 +20,9 @@ use crate::config::Config;
 use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyServiceServer;
 use crate::service::PolicyService;
+use self::metrics::{Metrics, MetricsLayer, Refresh};
 use crate::store::Store;
+use crate::store::metrics::{Observed, StoreMetrics};
 use crate::store::postgres::{self, PostgresStore};
 use crate::store::sqlite::{OpenError, SqliteStore};
 
@@ -36,6 +39,11 @@ pub enum ServeError {
     OpenPostgres(#[from] postgres::OpenError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen for metrics on {address}: {source}")]
+    MetricsListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read the listener address: {0}")]
     Address(#[from] std::io::Error),
     #[error("transport failure: {0}")]
@@ -55,12 +63,14 @@ pub async fn serve(
         "sqlite" => {
             let store = SqliteStore::open(&config.data_dir)?;
             tracing::info!(data_dir = %config.data_dir.display(), "opened the SQLite store");
-            serve_store(listener, Arc::new(store), config, shutdown).await
+            let metrics = Metrics::new(store.metrics().clone(), false);
+            serve_store(listener, store, metrics, config, shutdown).await
         }
         url if postgres::is_url(url) => {
             let store = PostgresStore::open(url).await?;
             tracing::info!(database = store.target(), "opened the PostgreSQL store");
-            serve_store(listener, Arc::new(store), config, shutdown).await
+            let metrics = Metrics::new(store.metrics().clone(), true);
+            serve_store(listener, store, metrics, config, shutdown).await
         }
         other => Err(ServeError::UnknownStore(redacted(other))),
     }
@@ -77,22 +87,48 @@ fn redacted(store: &str) -> String {
 
 async fn serve_store<S: Store>(
     listener: TcpListener,
-    store: Arc<S>,
+    store: S,
+    metrics: Metrics,
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let address = listener.local_addr()?;
+    let store = Arc::new(Observed::new(store, metrics.store().clone()));
+    // Bound before the gRPC port is announced, so that whoever reads the `listening` line can
+    // scrape at once. Dropped (and so stopped) when this function returns, whichever way.
+    let _metrics_endpoint = match config.metrics_listen {
+        Some(metrics_address) => {
+            let metrics_listener = TcpListener::bind(metrics_address).await.map_err(|source| {
+                ServeError::MetricsListen {
+                    address: metrics_address,
+                    source,
+                }
+            })?;
+            let refresh = refresh_store_gauges(store.clone(), metrics.store().clone());
+            let endpoint = metrics::spawn_endpoint(metrics_listener, metrics.clone(), refresh)?;
+            // Tests read this line to learn the metrics port when listening on port 0.
+            tracing::info!(address = %endpoint.address, "metrics listening");
+            Some(endpoint)
+        }
+        None => None,
+    };
     // Watch streams never end on their own: they end when this turns true, each with a final
     // checkpoint, so that draining does not wait on them for the whole grace period.
     let (stopping, shutdown_signal) = tokio::sync::watch::channel(false);
-    let service = PolicyService::with_shutdown(store.clone(), shutdown_signal);
+    let service =
+        PolicyService::with_shutdown(store.clone(), shutdown_signal).with_metrics(metrics.clone());
     let policy_service =
         ProvisionPolicyServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<ProvisionPolicyServiceServer<PolicyService<S>>>()
+        .set_serving::<ProvisionPolicyServiceServer<PolicyService<Observed<S>>>>()
         .await;
-    let probe = health::spawn_probe(store.clone(), health.clone(), config.health_probe_interval);
+    let probe = health::spawn_probe(
+        store.clone(),
+        health.clone(),
+        config.health_probe_interval,
+        metrics.clone(),
+    );
     let (reflection_v1, reflection_v1alpha) = if config.reflection {
         (
             Some(reflection()?.build_v1()?),
@@ -110,6 +146,8 @@ async fn serve_store<S: Store>(
         .max_concurrent_streams(Some(256))
         .http2_max_pending_accept_reset_streams(Some(64))
         .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
+        // Outermost first: metrics count every RPC, also those a later layer refuses.
+        .layer(MetricsLayer::new(metrics.clone()))
         .layer(request_log::RequestLogLayer)
         .add_service(health_service)
         .add_optional_service(reflection_v1)
@@ -130,7 +168,7 @@ async fn serve_store<S: Store>(
         () = shutdown => {
             tracing::info!("shutting down: not serving, draining in-flight RPCs");
             probe.abort();
-            health.set_not_serving::<ProvisionPolicyServiceServer<PolicyService<S>>>().await;
+            health.set_not_serving::<ProvisionPolicyServiceServer<PolicyService<Observed<S>>>>().await;
             health.set_service_status("", ServingStatus::NotServing).await;
             stopping.send_replace(true);
             let _ = stop_accepting.send(());
@@ -144,6 +182,27 @@ async fn serve_store<S: Store>(
     store.close().await?;
     tracing::info!("store closed; bye");
     Ok(())
+}
+
+/// Reads the store's gauges for a scrape: a bounded wait, so a stuck database slows a scrape
+/// by at most this and leaves the previous values (the failure is counted in the store errors).
+fn refresh_store_gauges<S: Store>(store: Arc<S>, metrics: StoreMetrics) -> Refresh {
+    const LIMIT: Duration = Duration::from_secs(2);
+    Arc::new(move || {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        Box::pin(async move {
+            let head = *store.subscribe().borrow();
+            match tokio::time::timeout(LIMIT, store.gauges()).await {
+                Ok(Ok(gauges)) => metrics.sample(head, gauges),
+                Ok(Err(error)) => tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "metrics: cannot read the store's counts"
+                ),
+                Err(_) => tracing::debug!(?LIMIT, "metrics: the store's counts timed out"),
+            }
+        })
+    })
 }
 
 /// Reflection over our protos and the ones clients need to render errors and health.
