@@ -98,10 +98,8 @@ fn methods() -> &'static HashMap<String, MethodLabels> {
                     for method in &service.method {
                         let grpc_method: &'static str =
                             Box::leak(method.name().to_owned().into_boxed_str());
-                        let grpc_type = match (
-                            method.client_streaming(),
-                            method.server_streaming(),
-                        ) {
+                        let grpc_type = match (method.client_streaming(), method.server_streaming())
+                        {
                             (false, false) => "unary",
                             (false, true) => "server_stream",
                             (true, false) => "client_stream",
@@ -460,7 +458,6 @@ where
                 call: Some(call),
                 code,
                 frames: MessageFrames::default(),
-                sent: 0,
             };
             Ok(http::Response::from_parts(parts, body))
         })
@@ -521,7 +518,12 @@ impl MessageFrames {
             data = &data[take..];
             if self.prefix_len == 5 {
                 messages += 1;
-                let length = [self.prefix[1], self.prefix[2], self.prefix[3], self.prefix[4]];
+                let length = [
+                    self.prefix[1],
+                    self.prefix[2],
+                    self.prefix[3],
+                    self.prefix[4],
+                ];
                 self.remaining = u64::from(u32::from_be_bytes(length));
                 self.prefix_len = 0;
             }
@@ -537,19 +539,11 @@ pub struct MeteredBody<B> {
     call: Option<Call>,
     code: Option<tonic::Code>,
     frames: MessageFrames,
-    sent: u64,
 }
 
 impl<B> MeteredBody<B> {
     fn finish(&mut self, code: Option<tonic::Code>) {
         if let Some(call) = self.call.take() {
-            if self.sent > 0 {
-                call.metrics
-                    .inner
-                    .msg_sent
-                    .get_or_create(&call.method)
-                    .inc_by(self.sent);
-            }
             call.finish(code.or(self.code).unwrap_or(tonic::Code::Unknown));
         }
     }
@@ -572,7 +566,14 @@ where
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
                     let messages = self.frames.count(data.as_ref());
-                    self.sent += messages;
+                    // Counted as sent, not when the stream ends: a Watch runs for hours.
+                    if let (Some(call), true) = (&self.call, messages > 0) {
+                        call.metrics
+                            .inner
+                            .msg_sent
+                            .get_or_create(&call.method)
+                            .inc_by(messages);
+                    }
                 } else if let Some(trailers) = frame.trailers_ref() {
                     let code = grpc_status(trailers);
                     self.finish(code);
@@ -714,7 +715,10 @@ mod tests {
             "Check"
         );
         let unknown = method_labels("/provision.v1.ProvisionPolicyService/Nope");
-        assert_eq!((unknown.grpc_service, unknown.grpc_method), (UNKNOWN, UNKNOWN));
+        assert_eq!(
+            (unknown.grpc_service, unknown.grpc_method),
+            (UNKNOWN, UNKNOWN)
+        );
         assert_eq!(method_labels("/a/secret-token").grpc_method, UNKNOWN);
     }
 

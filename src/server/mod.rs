@@ -16,11 +16,11 @@ use tonic::transport::Server;
 use tonic::transport::server::TcpIncoming;
 use tonic_health::ServingStatus;
 
+use self::metrics::{Metrics, MetricsLayer, Refresh};
 use crate::config::Config;
 use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyServiceServer;
 use crate::service::PolicyService;
-use self::metrics::{Metrics, MetricsLayer, Refresh};
 use crate::store::Store;
 use crate::store::metrics::{Observed, StoreMetrics};
 use crate::store::postgres::{self, PostgresStore};
