@@ -190,3 +190,74 @@ async fn metrics_count_known_traffic_and_export_every_series_the_dashboards_use(
         "/metrics outlived the server"
     );
 }
+
+/// On PostgreSQL the counts come from the shared database (a write of another replica counts
+/// too), the pool's use is exported, and the PostgreSQL writer observes its commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_metrics_show_the_database_counts_and_the_pool() {
+    let Some(schema) = common::postgres::TestSchema::create() else {
+        return;
+    };
+    let store = schema.store_url();
+    let start = |metrics: bool| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_provisiond"));
+        command
+            .args(["--listen", "127.0.0.1:0", "--log-format", "json", "--store"])
+            .arg(&store)
+            .env_remove("PROVISIOND_STORE")
+            .env_remove("PROVISIOND_DATA_DIR");
+        if metrics {
+            command.args(["--metrics-listen", "127.0.0.1:0"]);
+        }
+        match process::start_command(command) {
+            process::Started::Listening(replica) => replica,
+            process::Started::Exited { status, log } => panic!("exited ({status}): {log:#?}"),
+        }
+    };
+    let observed = start(true);
+    let other = start(false);
+    let metrics = observed.metrics_address.expect("metrics address");
+    assert!(
+        other.metrics_address.is_none(),
+        "metrics are off by default"
+    );
+    let mut client = common::postgres::client_of(&other).await;
+    client
+        .set_provision_policy(set_request(
+            resource(entitlement("pgmetrics", "a"), webhook("w")),
+            "",
+        ))
+        .await
+        .expect("set on the other replica");
+    let mut own = common::postgres::client_of(&observed).await;
+    own.set_provision_policy(set_request(
+        resource(entitlement("pgmetrics", "b"), webhook("w")),
+        "",
+    ))
+    .await
+    .expect("set");
+    let scraped = tokio::task::spawn_blocking(move || {
+        scrape_until(metrics, |text| {
+            text.contains("provisiond_live_policies 2")
+                && text.contains("provisiond_store_change_log_head 2")
+        })
+    })
+    .await
+    .unwrap();
+    for line in [
+        "provisiond_live_policies 2",
+        "provisiond_store_change_log_head 2",
+        "provisiond_store_write_batch_size_count 1",
+        "provisiond_store_commit_seconds_count 1",
+        "# TYPE provisiond_store_pool_connections_in_use gauge",
+    ] {
+        assert!(scraped.contains(line), "no `{line}` in:\n{scraped}");
+    }
+    assert!(
+        !scraped.contains("postgres://") && !scraped.contains(&schema.name),
+        "the database URL reached the metrics"
+    );
+    drop((client, own));
+    assert!(observed.terminate().0.success());
+    assert!(other.terminate().0.success());
+}
