@@ -50,6 +50,11 @@ pub struct Config {
     #[arg(long, env = "PROVISIOND_HEALTH_PROBE_INTERVAL", default_value = "5s", value_parser = parse_interval)]
     pub health_probe_interval: Duration,
 
+    /// Address to serve Prometheus metrics on, at `/metrics` (HTTP/1.1, OpenMetrics text); off
+    /// when unset. Port 0 picks a free port (the bound address is logged as `metrics listening`).
+    #[arg(long, env = "PROVISIOND_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+
     /// How long shutdown waits for in-flight RPCs before closing the store, in seconds.
     #[arg(long, env = "PROVISIOND_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
@@ -160,6 +165,7 @@ impl Config {
             log: "info".to_owned(),
             reflection: true,
             health_probe_interval: Duration::from_secs(5),
+            metrics_listen: None,
             shutdown_grace_seconds: 10,
             tls_cert: None,
             tls_key: None,
@@ -207,6 +213,9 @@ mod tests {
         }
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
+        assert_eq!(config.metrics_listen, None);
+        let metered = Config::parse_from(["provisiond", "--metrics-listen", "127.0.0.1:0"]);
+        assert_eq!(metered.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
     }
 
     impl Config {

@@ -368,7 +368,10 @@ async fn certificate_principals_get_roles_from_the_tokens_file() {
         .unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
     // The file's name for the certificate is the principal.
-    assert!(status.message().starts_with("reports (role reader)"), "{status:?}");
+    assert!(
+        status.message().starts_with("reports (role reader)"),
+        "{status:?}"
+    );
     // A token on a certificate's connection speaks for the token's principal.
     let status = call(&reports, "SetProvisionPolicy", Some(WRITER))
         .await
@@ -380,7 +383,10 @@ async fn certificate_principals_get_roles_from_the_tokens_file() {
         .unwrap();
     let status = call(&nobody, "GetProvisionPolicy", None).await.unwrap_err();
     assert_eq!(status.code(), Code::PermissionDenied);
-    assert!(status.message().contains("CN=nobody (no role"), "{status:?}");
+    assert!(
+        status.message().contains("CN=nobody (no role"),
+        "{status:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -13,6 +13,7 @@ use arc_swap::ArcSwap;
 use tower::{Layer, Service};
 
 use super::connections::Peer;
+use super::metrics::Metrics;
 use super::principal::{Principal, Role};
 use super::roles::{self, Access};
 use super::tokens::Tokens;
@@ -30,6 +31,8 @@ struct AuthPolicy {
     /// Client certificates are required and verified (mTLS).
     mtls: bool,
     reflection_requires_auth: bool,
+    /// Refusals are counted by code.
+    metrics: Metrics,
 }
 
 impl AuthLayer {
@@ -37,12 +40,14 @@ impl AuthLayer {
         tokens: Option<Arc<ArcSwap<Tokens>>>,
         mtls: bool,
         reflection_requires_auth: bool,
+        metrics: Metrics,
     ) -> Self {
         Self {
             policy: Arc::new(AuthPolicy {
                 tokens,
                 mtls,
                 reflection_requires_auth,
+                metrics,
             }),
         }
     }
@@ -177,7 +182,9 @@ where
                         Error::PermissionDenied { principal, .. } => Some(principal.clone()),
                         _ => None,
                     };
-                    let mut response = tonic::Status::from(error).into_http::<ResBody>();
+                    let status = tonic::Status::from(error);
+                    self.policy.metrics.auth_failure(status.code());
+                    let mut response = status.into_http::<ResBody>();
                     if let Some(name) = name {
                         response.extensions_mut().insert(Principal {
                             name,

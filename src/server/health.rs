@@ -10,6 +10,7 @@ use tokio::task::JoinHandle;
 use tonic_health::ServingStatus;
 use tonic_health::server::HealthReporter;
 
+use super::metrics::Metrics;
 use crate::store::Store;
 
 /// The names health reports for: the whole server and the policy service.
@@ -20,6 +21,7 @@ pub fn spawn_probe<S: Store>(
     store: Arc<S>,
     health: HealthReporter,
     interval: Duration,
+    metrics: Metrics,
 ) -> JoinHandle<()> {
     tokio::spawn(async move {
         let mut serving = true;
@@ -33,6 +35,7 @@ pub fn spawn_probe<S: Store>(
                 continue;
             }
             serving = healthy;
+            metrics.health(healthy);
             let status = if healthy {
                 tracing::info!("the store answers again: health is SERVING");
                 ServingStatus::Serving

@@ -1,13 +1,14 @@
 //! `serve`: the one entry point that `main` and the tests use. It opens the store, wires the
 //! policy service, health and reflection, serves until `shutdown`, drains, and closes the store.
-//! Transport concerns are layers around the services, outermost first: the request log, auth
-//! (`auth.rs` with `roles.rs`), limits; under them all, our own acceptor (`connections.rs`)
-//! terminates TLS so that certificates reload (`reload.rs`).
+//! Transport concerns are layers around the services, outermost first: metrics, the request
+//! log, auth (`auth.rs` with `roles.rs`), limits; under them all, our own acceptor
+//! (`connections.rs`) terminates TLS so that certificates reload (`reload.rs`).
 
 mod auth;
 pub mod connections;
 mod health;
 mod limits;
+pub mod metrics;
 pub mod principal;
 mod reload;
 pub mod request_log;
@@ -23,11 +24,13 @@ use tokio::net::TcpListener;
 use tonic::transport::Server;
 use tonic_health::ServingStatus;
 
+use self::metrics::{Metrics, MetricsLayer, Refresh};
 use crate::config::Config;
 use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyServiceServer;
 use crate::service::PolicyService;
 use crate::store::Store;
+use crate::store::metrics::{Observed, StoreMetrics};
 use crate::store::postgres::{self, PostgresStore};
 use crate::store::sqlite::{OpenError, SqliteStore};
 use connections::Acceptor;
@@ -50,6 +53,11 @@ pub enum ServeError {
     OpenPostgres(#[from] postgres::OpenError),
     #[error("cannot build server reflection: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
+    #[error("cannot listen for metrics on {address}: {source}")]
+    MetricsListen {
+        address: std::net::SocketAddr,
+        source: std::io::Error,
+    },
     #[error("cannot read the listener address: {0}")]
     Address(#[from] std::io::Error),
     #[error("transport failure: {0}")]
@@ -87,26 +95,14 @@ pub async fn serve(
         "sqlite" => {
             let store = SqliteStore::open(&config.data_dir)?;
             tracing::info!(data_dir = %config.data_dir.display(), "opened the SQLite store");
-            serve_store(
-                listener,
-                Arc::new(store),
-                security.clone(),
-                config,
-                shutdown,
-            )
-            .await
+            let metrics = Metrics::new(store.metrics().clone(), false);
+            serve_store(listener, store, metrics, security.clone(), config, shutdown).await
         }
         url if postgres::is_url(url) => {
             let store = PostgresStore::open(url).await?;
             tracing::info!(database = store.target(), "opened the PostgreSQL store");
-            serve_store(
-                listener,
-                Arc::new(store),
-                security.clone(),
-                config,
-                shutdown,
-            )
-            .await
+            let metrics = Metrics::new(store.metrics().clone(), true);
+            serve_store(listener, store, metrics, security.clone(), config, shutdown).await
         }
         other => Err(ServeError::UnknownStore(redacted(other))),
     }
@@ -131,23 +127,49 @@ fn tls_files(config: &Config) -> Option<TlsFiles> {
 
 async fn serve_store<S: Store>(
     listener: TcpListener,
-    store: Arc<S>,
+    store: S,
+    metrics: Metrics,
     security: Arc<Security>,
     config: &Config,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), ServeError> {
     let address = listener.local_addr()?;
+    let store = Arc::new(Observed::new(store, metrics.store().clone()));
+    // Bound before the gRPC port is announced, so that whoever reads the `listening` line can
+    // scrape at once. Dropped (and so stopped) when this function returns, whichever way.
+    let _metrics_endpoint = match config.metrics_listen {
+        Some(metrics_address) => {
+            let metrics_listener = TcpListener::bind(metrics_address).await.map_err(|source| {
+                ServeError::MetricsListen {
+                    address: metrics_address,
+                    source,
+                }
+            })?;
+            let refresh = refresh_store_gauges(store.clone(), metrics.store().clone());
+            let endpoint = metrics::spawn_endpoint(metrics_listener, metrics.clone(), refresh)?;
+            // Tests read this line to learn the metrics port when listening on port 0.
+            tracing::info!(address = %endpoint.address, "metrics listening");
+            Some(endpoint)
+        }
+        None => None,
+    };
     // Watch streams never end on their own: they end when this turns true, each with a final
     // checkpoint, so that draining does not wait on them for the whole grace period.
     let (stopping, shutdown_signal) = tokio::sync::watch::channel(false);
-    let service = PolicyService::with_shutdown(store.clone(), shutdown_signal);
+    let service =
+        PolicyService::with_shutdown(store.clone(), shutdown_signal).with_metrics(metrics.clone());
     let policy_service =
         ProvisionPolicyServiceServer::new(service).max_decoding_message_size(MAX_REQUEST_BYTES);
     let (health, health_service) = tonic_health::server::health_reporter();
     health
-        .set_serving::<ProvisionPolicyServiceServer<PolicyService<S>>>()
+        .set_serving::<ProvisionPolicyServiceServer<PolicyService<Observed<S>>>>()
         .await;
-    let probe = health::spawn_probe(store.clone(), health.clone(), config.health_probe_interval);
+    let probe = health::spawn_probe(
+        store.clone(),
+        health.clone(),
+        config.health_probe_interval,
+        metrics.clone(),
+    );
     let (reflection_v1, reflection_v1alpha) = if config.reflection {
         (
             Some(reflection()?.build_v1()?),
@@ -158,12 +180,15 @@ async fn serve_store<S: Store>(
     };
 
     let reloader = security.spawn_reloader(config.reload_interval);
+    // Outermost first: metrics count every RPC, also those a later layer refuses.
     let layers = tower::ServiceBuilder::new()
+        .layer(MetricsLayer::new(metrics.clone()))
         .layer(request_log::RequestLogLayer)
         .layer(auth::AuthLayer::new(
             security.tokens.clone(),
             security.mtls(),
             config.reflection_requires_auth,
+            metrics.clone(),
         ))
         .layer(limits::LimitLayer::new(
             config.max_concurrent_rpcs as usize,
@@ -206,7 +231,7 @@ async fn serve_store<S: Store>(
         () = shutdown => {
             tracing::info!("shutting down: not serving, draining in-flight RPCs");
             probe.abort();
-            health.set_not_serving::<ProvisionPolicyServiceServer<PolicyService<S>>>().await;
+            health.set_not_serving::<ProvisionPolicyServiceServer<PolicyService<Observed<S>>>>().await;
             health.set_service_status("", ServingStatus::NotServing).await;
             stopping.send_replace(true);
             let _ = stop_accepting.send(());
@@ -221,6 +246,27 @@ async fn serve_store<S: Store>(
     store.close().await?;
     tracing::info!("store closed; bye");
     Ok(())
+}
+
+/// Reads the store's gauges for a scrape: a bounded wait, so a stuck database slows a scrape
+/// by at most this and leaves the previous values (the failure is counted in the store errors).
+fn refresh_store_gauges<S: Store>(store: Arc<S>, metrics: StoreMetrics) -> Refresh {
+    const LIMIT: Duration = Duration::from_secs(2);
+    Arc::new(move || {
+        let store = store.clone();
+        let metrics = metrics.clone();
+        Box::pin(async move {
+            let head = *store.subscribe().borrow();
+            match tokio::time::timeout(LIMIT, store.gauges()).await {
+                Ok(Ok(gauges)) => metrics.sample(head, gauges),
+                Ok(Err(error)) => tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "metrics: cannot read the store's counts"
+                ),
+                Err(_) => tracing::debug!(?LIMIT, "metrics: the store's counts timed out"),
+            }
+        })
+    })
 }
 
 fn log_security(security: &Security, address: std::net::SocketAddr) {

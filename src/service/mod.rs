@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyService;
 use crate::policy::tokens::Cursor;
+use crate::server::metrics::Metrics;
 use crate::store::Store;
 
 /// `ProvisionPolicyService` over any [`Store`].
@@ -22,6 +23,8 @@ pub struct PolicyService<S> {
     store: Arc<S>,
     /// Turns true when the server starts shutting down: watch streams then end.
     shutdown: signal::Receiver<bool>,
+    /// Where the violations of Validate and Set are counted, when the server has metrics.
+    metrics: Option<Metrics>,
 }
 
 impl<S: Store> PolicyService<S> {
@@ -30,13 +33,33 @@ impl<S: Store> PolicyService<S> {
         let (never, shutdown) = signal::channel(false);
         // Dropped senders leave the value as it is: streams never see a shutdown.
         drop(never);
-        Self { store, shutdown }
+        Self {
+            store,
+            shutdown,
+            metrics: None,
+        }
     }
 
     /// A service whose watch streams end with a final checkpoint and UNAVAILABLE
     /// (SHUTTING_DOWN) once `shutdown` turns true.
     pub fn with_shutdown(store: Arc<S>, shutdown: signal::Receiver<bool>) -> Self {
-        Self { store, shutdown }
+        Self {
+            store,
+            shutdown,
+            metrics: None,
+        }
+    }
+
+    /// Counts the violations its Validate and Set responses carry in `metrics`.
+    pub fn with_metrics(mut self, metrics: Metrics) -> Self {
+        self.metrics = Some(metrics);
+        self
+    }
+
+    fn count_violations(&self, violations: &[pb::PolicyViolation]) {
+        if let Some(metrics) = &self.metrics {
+            metrics.violations(violations);
+        }
     }
 }
 
@@ -66,14 +89,24 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
         &self,
         request: Request<pb::SetProvisionPolicyRequest>,
     ) -> Result<Response<pb::SetProvisionPolicyResponse>, Status> {
-        respond(policies::set(&*self.store, request.into_inner()).await)
+        let result = policies::set(&*self.store, request.into_inner()).await;
+        match &result {
+            Ok(response) => self.count_violations(&response.warnings),
+            Err(Error::InvalidPolicy(violations)) => self.count_violations(violations),
+            Err(_) => {}
+        }
+        respond(result)
     }
 
     async fn validate_provision_policy(
         &self,
         request: Request<pb::ValidateProvisionPolicyRequest>,
     ) -> Result<Response<pb::ValidateProvisionPolicyResponse>, Status> {
-        respond(policies::validate(&*self.store, request.into_inner()).await)
+        let result = policies::validate(&*self.store, request.into_inner()).await;
+        if let Ok(response) = &result {
+            self.count_violations(&response.violations);
+        }
+        respond(result)
     }
 
     async fn list_provision_policies(

@@ -22,6 +22,7 @@ pub(crate) mod contract;
 #[cfg(test)]
 pub(crate) mod contract_log;
 pub(crate) mod head;
+pub mod metrics;
 pub mod postgres;
 pub mod record;
 pub mod sqlite;
@@ -31,6 +32,7 @@ use std::time::SystemTime;
 
 use crate::pb;
 use crate::policy::{Lookup, LookupError, Snapshot};
+use metrics::StoreGauges;
 
 /// One stored revision of an entitlement's resource.
 #[derive(Debug, Clone, PartialEq)]
@@ -301,6 +303,9 @@ pub trait Store: Send + Sync + 'static {
     /// Whether the backend can serve now: PostgreSQL answers a query; the SQLite data dir takes
     /// a write and an fsync. Health runs it in the background, never on a Check.
     fn probe(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The counts the metrics endpoint shows, read from the database at scrape time.
+    fn gauges(&self) -> impl Future<Output = Result<StoreGauges, StoreError>> + Send;
 
     /// Flushes and closes the backend; called once serving has stopped.
     fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send;

@@ -11,6 +11,8 @@ use std::time::Duration;
 pub struct Process {
     pub child: Child,
     pub address: SocketAddr,
+    /// Where `/metrics` is served, when started with `--metrics-listen`.
+    pub metrics_address: Option<SocketAddr>,
     log: mpsc::Receiver<String>,
 }
 
@@ -27,6 +29,11 @@ pub enum Started {
 const START_LIMIT: Duration = Duration::from_secs(60);
 
 pub fn start(data_dir: &Path) -> Started {
+    start_with_args(data_dir, &[])
+}
+
+/// [`start`] with more flags.
+pub fn start_with_args(data_dir: &Path, args: &[&str]) -> Started {
     let mut command = Command::new(env!("CARGO_BIN_EXE_provisiond"));
     command
         .args([
@@ -37,6 +44,7 @@ pub fn start(data_dir: &Path) -> Started {
             "--data-dir",
         ])
         .arg(data_dir)
+        .args(args)
         .env_remove("PROVISIOND_STORE");
     start_command(command)
 }
@@ -59,15 +67,21 @@ pub fn start_command(mut command: Command) -> Started {
         }
     });
     let mut seen = Vec::new();
+    let mut metrics_address = None;
     loop {
         match log.recv_timeout(START_LIMIT) {
             Ok(line) => {
-                if let Some(address) = listening_address(&line) {
+                if let Some(address) = logged_address(&line, "listening") {
                     return Started::Listening(Process {
                         child,
                         address,
+                        metrics_address,
                         log,
                     });
+                }
+                // Logged before the gRPC `listening` line.
+                if let Some(address) = logged_address(&line, "metrics listening") {
+                    metrics_address = Some(address);
                 }
                 seen.push(line);
             }
@@ -90,11 +104,11 @@ pub fn start_listening(data_dir: &Path) -> Process {
     }
 }
 
-/// The address of the JSON log line `{"fields":{"message":"listening","address":"…"}}`.
-fn listening_address(line: &str) -> Option<SocketAddr> {
+/// The address of the JSON log line `{"fields":{"message":"<message>","address":"…"}}`.
+fn logged_address(line: &str, message: &str) -> Option<SocketAddr> {
     let value: serde_json::Value = serde_json::from_str(line).ok()?;
     let fields = value.get("fields")?;
-    if fields.get("message")?.as_str()? != "listening" {
+    if fields.get("message")?.as_str()? != message {
         return None;
     }
     fields.get("address")?.as_str()?.parse().ok()

@@ -46,6 +46,7 @@ use self::locks::{LockKey, changes_channel};
 use self::lookup::{LookupStatements, SnapshotStatements, run_check, run_snapshot};
 use self::writer::{Done, Job, Op, Writer};
 use super::changes::{ChangeSet, HeadPublisher};
+use super::metrics::{StoreGauges, StoreMetrics};
 use super::{
     BindingQuery, Delete, DeleteOutcome, HistoryEntry, PolicyQuery, RevisionQuery, Store,
     StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
@@ -79,6 +80,7 @@ pub struct PostgresStore {
     store_id: String,
     head: HeadPublisher,
     follower: Follower,
+    metrics: StoreMetrics,
 }
 
 impl PostgresStore {
@@ -122,7 +124,8 @@ impl PostgresStore {
         let target = describe(&config);
         let opened = migrate(&config, &target).await?;
         let head = HeadPublisher::new(opened.head);
-        let writer = Writer::spawn(config.clone(), head.clone()).await?;
+        let metrics = StoreMetrics::new();
+        let writer = Writer::spawn(config.clone(), head.clone(), metrics.clone()).await?;
         let listen = listen.then(|| Listen {
             config: config.clone(),
             channel: changes_channel(&opened.schema),
@@ -151,7 +154,13 @@ impl PostgresStore {
             store_id: opened.store_id,
             head,
             follower,
+            metrics,
         })
+    }
+
+    /// The series its writer observes (batch size, commit duration), for the metrics endpoint.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     /// The server and database, without credentials: for logs.
@@ -605,6 +614,27 @@ impl Store for PostgresStore {
 
     fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
         self.head.subscribe()
+    }
+
+    async fn gauges(&self) -> Result<StoreGauges, StoreError> {
+        let row = read_retrying!(self.pool, |client| {
+            async {
+                let statement = client.prepare_cached(queries::COUNTS).await?;
+                client.query_one(&statement, &[]).await
+            }
+            .await
+        })?;
+        let count = |index: usize| -> Result<u64, StoreError> {
+            let count: i64 = row.try_get(index)?;
+            Ok(count.max(0) as u64)
+        };
+        // Read after the query, which itself held one: the scrape's own connection counts.
+        let status = self.pool.status();
+        Ok(StoreGauges {
+            live_policies: count(0)?,
+            proxy_bindings: count(1)?,
+            connections_in_use: Some(status.size.saturating_sub(status.available) as u64),
+        })
     }
 
     async fn read_changes(&self, after: u64, limit: usize) -> Result<Vec<ChangeSet>, StoreError> {

@@ -67,6 +67,11 @@ pub(super) const READ_CHANGES: &str =
 /// The position of the last committed mutation.
 pub(super) const HEAD: &str = "SELECT head FROM provisiond_log";
 
+/// Live resources and bindings, for the metrics endpoint.
+pub(super) const COUNTS: &str = "
+    SELECT (SELECT count(*) FROM policies WHERE NOT deleted),
+           (SELECT count(*) FROM proxy_bindings)";
+
 pub(super) const HAS_DEPENDANTS: &str = "
     SELECT EXISTS (SELECT 1 FROM delegations
     WHERE target_app_id = $1 AND target_entitlement_id = $2

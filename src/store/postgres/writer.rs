@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use prost::Message;
 use tokio::runtime::Runtime;
@@ -34,6 +34,7 @@ use crate::pb;
 use crate::policy;
 use crate::store::changes::{self, HeadPublisher};
 use crate::store::head::{self, Head};
+use crate::store::metrics::StoreMetrics;
 use crate::store::record::clear_output_fields;
 use crate::store::{Delete, DeleteOutcome, StoreError, StoredBinding, Write, WriteOutcome};
 
@@ -115,6 +116,7 @@ impl Writer {
     pub(super) async fn spawn(
         config: tokio_postgres::Config,
         head: HeadPublisher,
+        metrics: StoreMetrics,
     ) -> Result<Self, OpenError> {
         let (jobs, queue) = mpsc::channel();
         let (ready, connected) = oneshot::channel();
@@ -134,7 +136,7 @@ impl Writer {
                             return;
                         }
                     };
-                    let mut session = Session::new(runtime, config, head);
+                    let mut session = Session::new(runtime, config, head, metrics);
                     match session.connect() {
                         Ok(()) => {
                             let _ = ready.send(Ok(()));
@@ -256,6 +258,7 @@ pub(super) struct Session {
     /// The log position of the last mutation of the open transaction that stands, if any.
     last_seq: Cell<Option<u64>>,
     head: HeadPublisher,
+    metrics: StoreMetrics,
     /// Runs just before the next COMMIT, with the server process id of the connection.
     #[cfg(test)]
     pub(super) before_commit: Option<Box<dyn FnOnce(i32) + Send>>,
@@ -299,7 +302,12 @@ impl Blocker for Session {
 }
 
 impl Session {
-    fn new(runtime: Runtime, config: tokio_postgres::Config, head: HeadPublisher) -> Self {
+    fn new(
+        runtime: Runtime,
+        config: tokio_postgres::Config,
+        head: HeadPublisher,
+        metrics: StoreMetrics,
+    ) -> Self {
         Self {
             runtime,
             config,
@@ -307,6 +315,7 @@ impl Session {
             broken: Cell::new(false),
             last_seq: Cell::new(None),
             head,
+            metrics,
             #[cfg(test)]
             before_commit: None,
         }
@@ -743,9 +752,11 @@ impl Session {
             Some(_) => conn.notify_and_commit.as_str(),
             None => "COMMIT",
         };
+        let started = Instant::now();
         match self.block(conn.client.batch_execute(commit)) {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
+                self.metrics.committed(answers.len(), started.elapsed());
                 // Before any caller hears of its write, as `Store::subscribe` promises.
                 if let Some(seq) = last_seq {
                     self.head.advance(seq);

@@ -32,6 +32,7 @@ use self::reads::ReadPool;
 use self::writer::Job;
 use self::writer::{Answer, Writer};
 use super::changes::{ChangeSet, HeadPublisher};
+use super::metrics::{StoreGauges, StoreMetrics};
 use super::{
     BindingQuery, Delete, DeleteOutcome, HistoryEntry, PolicyQuery, RevisionQuery, Store,
     StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
@@ -53,6 +54,7 @@ pub struct SqliteStore {
     head: HeadPublisher,
     graph: Arc<Dependants>,
     data_dir: std::path::PathBuf,
+    metrics: StoreMetrics,
 }
 
 impl SqliteStore {
@@ -76,8 +78,9 @@ impl SqliteStore {
             path: path.clone(),
             source: err.into(),
         })?);
-        let writer =
-            Writer::spawn(conn, head.clone(), Arc::clone(&graph)).map_err(OpenError::Spawn)?;
+        let metrics = StoreMetrics::new();
+        let writer = Writer::spawn(conn, head.clone(), Arc::clone(&graph), metrics.clone())
+            .map_err(OpenError::Spawn)?;
         Ok(Self {
             writer,
             readers: ReadPool::new(path),
@@ -86,7 +89,13 @@ impl SqliteStore {
             head,
             graph,
             data_dir: data_dir.to_owned(),
+            metrics,
         })
+    }
+
+    /// The series its writer observes (batch size, commit duration), for the metrics endpoint.
+    pub fn metrics(&self) -> &StoreMetrics {
+        &self.metrics
     }
 
     /// How many transactions the writer has committed since open. Each holds a batch of writes,
@@ -241,6 +250,19 @@ impl Store for SqliteStore {
         })
         .await
         .map_err(Failure::BlockingTask)?
+    }
+
+    async fn gauges(&self) -> Result<StoreGauges, StoreError> {
+        self.readers
+            .read_blocking(|conn| {
+                let (live_policies, proxy_bindings) = queries::counts(conn)?;
+                Ok(StoreGauges {
+                    live_policies,
+                    proxy_bindings,
+                    connections_in_use: None,
+                })
+            })
+            .await
     }
 
     async fn close(&self) -> Result<(), StoreError> {

@@ -579,3 +579,15 @@ pub(super) fn time_from_micros(micros: i64) -> Result<SystemTime, StoreError> {
         .and_then(|micros| UNIX_EPOCH.checked_add(Duration::from_micros(micros)))
         .ok_or_else(|| Failure::Time(micros).into())
 }
+
+/// Live resources and bindings: what the metrics endpoint shows. Two scans of small tables per
+/// scrape (the policies table holds one row per entitlement, not per revision).
+pub(super) fn counts(conn: &Connection) -> Result<(u64, u64), StoreError> {
+    let (policies, bindings): (i64, i64) = conn
+        .prepare_cached(
+            "SELECT (SELECT count(*) FROM policies WHERE deleted = 0),
+                    (SELECT count(*) FROM proxy_bindings)",
+        )?
+        .query_row([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+    Ok((policies.max(0) as u64, bindings.max(0) as u64))
+}

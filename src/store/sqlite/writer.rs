@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
@@ -17,6 +18,7 @@ use super::error::{self, Failure};
 use super::queries;
 use crate::store::StoreError;
 use crate::store::changes::HeadPublisher;
+use crate::store::metrics::StoreMetrics;
 
 /// The most operations one transaction holds: bounds how long the first caller of a batch waits
 /// for the others' checks.
@@ -154,6 +156,7 @@ impl Writer {
         conn: Connection,
         head: HeadPublisher,
         graph: Arc<Dependants>,
+        metrics: StoreMetrics,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
         let commits = Arc::new(AtomicU64::new(0));
@@ -161,7 +164,14 @@ impl Writer {
             .name("provisiond-sqlite-writer".into())
             .spawn({
                 let commits = Arc::clone(&commits);
-                move || run(conn, &queue, &commits, &Committed { head, graph })
+                move || {
+                    let committed = Committed {
+                        head,
+                        graph,
+                        metrics,
+                    };
+                    run(conn, &queue, &commits, &committed)
+                }
             })?;
         Ok(Self {
             jobs: Mutex::new(Some(jobs)),
@@ -225,6 +235,7 @@ impl Drop for Writer {
 struct Committed {
     head: HeadPublisher,
     graph: Arc<Dependants>,
+    metrics: StoreMetrics,
 }
 
 fn run(
@@ -295,7 +306,11 @@ fn commit_batch(
             answers.push(answer);
         }
         let Some(lost) = lost else {
+            let started = Instant::now();
             let committed = tx.commit();
+            if committed.is_ok() {
+                head.metrics.committed(answers.len(), started.elapsed());
+            }
             return answer(conn, committed, answers, commits, head);
         };
         let unavailable = lost.is_unavailable();
