@@ -15,6 +15,7 @@ use crate::error::Error;
 use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyService;
 use crate::policy::tokens::Cursor;
+use crate::server::principal::Principal;
 use crate::store::Store;
 
 /// `ProvisionPolicyService` over any [`Store`].
@@ -66,7 +67,9 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
         &self,
         request: Request<pb::SetProvisionPolicyRequest>,
     ) -> Result<Response<pb::SetProvisionPolicyResponse>, Status> {
-        respond(policies::set(&*self.store, request.into_inner()).await)
+        // The actor comes from the auth layer's extensions, never from the body.
+        let actor = Principal::name_of(&request);
+        respond(policies::set(&*self.store, request.into_inner(), actor).await)
     }
 
     async fn validate_provision_policy(
@@ -87,7 +90,8 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
         &self,
         request: Request<pb::DeleteProvisionPolicyRequest>,
     ) -> Result<Response<pb::DeleteProvisionPolicyResponse>, Status> {
-        respond(policies::delete(&*self.store, request.into_inner()).await)
+        let actor = Principal::name_of(&request);
+        respond(policies::delete(&*self.store, request.into_inner(), actor).await)
     }
 
     async fn list_provision_policy_revisions(
@@ -101,7 +105,8 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
         &self,
         request: Request<pb::RollbackProvisionPolicyRequest>,
     ) -> Result<Response<pb::RollbackProvisionPolicyResponse>, Status> {
-        respond(policies::rollback(&*self.store, request.into_inner()).await)
+        let actor = Principal::name_of(&request);
+        respond(policies::rollback(&*self.store, request.into_inner(), actor).await)
     }
 
     async fn create_proxy_binding(

@@ -55,6 +55,8 @@ fn delete(key: &pb::EntitlementRef) -> Delete {
         expected_revision: None,
         validate_only: false,
         allow_missing: false,
+        actor: "tester".into(),
+        change_cause: String::new(),
     }
 }
 

@@ -943,6 +943,8 @@ async fn the_in_memory_dependants_agree_with_the_table_after_random_writes() {
                     expected_revision: None,
                     validate_only: false,
                     allow_missing: true,
+                    actor: "tester".into(),
+                    change_cause: String::new(),
                 })
                 .await
                 .map(|_| ()),
