@@ -22,6 +22,8 @@ fn write_of(index: u64, variant: u64) -> Write {
         create_only: false,
         validate_only: false,
         check: Box::new(|_| Ok(vec![])),
+        actor: "bench".into(),
+        change_cause: String::new(),
     }
 }
 

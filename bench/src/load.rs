@@ -82,6 +82,7 @@ pub fn set_request(load: &SetLoad, sequence: u64) -> pb::SetProvisionPolicyReque
         etag: String::new(),
         validate_only: false,
         create_only: false,
+        change_cause: String::new(),
     }
 }
 

@@ -1,5 +1,5 @@
-//! Checks of the lifecycle requests (list, delete, history, rollback, watch) and the decoding of
-//! the tokens they carry.
+//! Checks of the lifecycle requests (set, list, delete, history, rollback, watch) and the
+//! decoding of the tokens they carry.
 
 use std::time::Duration;
 
@@ -7,6 +7,7 @@ use super::ids;
 use super::path::Path;
 use super::reason;
 use super::request::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use super::text;
 use super::tokens::{Cursor, PolicyPage, RevisionPage};
 use super::violations::Violations;
 use crate::pb;
@@ -62,13 +63,27 @@ pub fn parse_list_policies_request(
     })
 }
 
+/// The checks of a SetProvisionPolicyRequest outside its policy (which `check_static` and the
+/// graph rules judge): its `change_cause`.
+pub fn check_set_request(request: &pb::SetProvisionPolicyRequest) -> Vec<pb::PolicyViolation> {
+    let mut violations = Violations::default();
+    check_change_cause(&mut violations, &request.change_cause);
+    violations.finish()
+}
+
 pub fn check_delete_request(
     request: &pb::DeleteProvisionPolicyRequest,
 ) -> Vec<pb::PolicyViolation> {
     let mut violations = Violations::default();
     let path = Path::request_field("entitlement");
     ids::check_entitlement(&mut violations, &path, request.entitlement.as_ref());
+    check_change_cause(&mut violations, &request.change_cause);
     violations.finish()
+}
+
+/// The cause a write records in the history: free text for people, like instructions.
+fn check_change_cause(violations: &mut Violations<'_>, cause: &str) {
+    text::check_change_cause(violations, &Path::request_field("change_cause"), cause);
 }
 
 pub fn check_rollback_request(
@@ -87,6 +102,7 @@ pub fn check_rollback_request(
             ),
         );
     }
+    check_change_cause(&mut violations, &request.change_cause);
     violations.finish()
 }
 

@@ -12,6 +12,10 @@ pub const MAX_STEPS: usize = 32;
 /// The longest display name (of an action).
 pub const MAX_DISPLAY_NAME_BYTES: usize = 256;
 
+/// A change cause is a note for the audit trail (a ticket link, a sentence), stored with every
+/// revision: 1 KiB says why without turning the history into a document store.
+pub const MAX_CHANGE_CAUSE_BYTES: usize = 1024;
+
 /// MultiSteps nest at most this many levels: a top-level `multi_step` is level 1, a `multi_step`
 /// among its steps level 2, and so on.
 pub const MAX_MULTI_STEP_DEPTH: usize = 4;

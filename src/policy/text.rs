@@ -1,14 +1,19 @@
-//! Free text for people: the instructions of manual and external-ticket provisioning, and the
-//! display names of actions. They end up in tickets, emails and terminals, where control
+//! Free text for people: the instructions of manual and external-ticket provisioning, the
+//! display names of actions, and the change causes of writes (shown in the history). They end up in tickets, emails and terminals, where control
 //! characters can hide or rewrite what is shown (instructions may hold newlines and tabs).
 
-use super::limits::{MAX_DISPLAY_NAME_BYTES, MAX_INSTRUCTIONS_BYTES};
+use super::limits::{MAX_CHANGE_CAUSE_BYTES, MAX_DISPLAY_NAME_BYTES, MAX_INSTRUCTIONS_BYTES};
 use super::path::Path;
 use super::reason;
 use super::violations::Violations;
 
 pub(super) fn check_instructions(violations: &mut Violations<'_>, path: &Path, text: &str) {
     check_text(violations, path, text, MAX_INSTRUCTIONS_BYTES, true);
+}
+
+/// Checked like instructions (newlines and tabs allowed), with a smaller limit. Empty is fine.
+pub(super) fn check_change_cause(violations: &mut Violations<'_>, path: &Path, text: &str) {
+    check_text(violations, path, text, MAX_CHANGE_CAUSE_BYTES, true);
 }
 
 /// A one-line name: no control characters at all.

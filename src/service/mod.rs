@@ -16,6 +16,7 @@ use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyService;
 use crate::policy::tokens::Cursor;
 use crate::server::metrics::Metrics;
+use crate::server::principal::Principal;
 use crate::store::Store;
 
 /// `ProvisionPolicyService` over any [`Store`].
@@ -89,7 +90,9 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
         &self,
         request: Request<pb::SetProvisionPolicyRequest>,
     ) -> Result<Response<pb::SetProvisionPolicyResponse>, Status> {
-        let result = policies::set(&*self.store, request.into_inner()).await;
+        // The actor comes from the auth layer's extensions, never from the body.
+        let actor = Principal::name_of(&request);
+        let result = policies::set(&*self.store, request.into_inner(), actor).await;
         match &result {
             Ok(response) => self.count_violations(&response.warnings),
             Err(Error::InvalidPolicy(violations)) => self.count_violations(violations),
@@ -120,7 +123,8 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
         &self,
         request: Request<pb::DeleteProvisionPolicyRequest>,
     ) -> Result<Response<pb::DeleteProvisionPolicyResponse>, Status> {
-        respond(policies::delete(&*self.store, request.into_inner()).await)
+        let actor = Principal::name_of(&request);
+        respond(policies::delete(&*self.store, request.into_inner(), actor).await)
     }
 
     async fn list_provision_policy_revisions(
@@ -134,7 +138,8 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
         &self,
         request: Request<pb::RollbackProvisionPolicyRequest>,
     ) -> Result<Response<pb::RollbackProvisionPolicyResponse>, Status> {
-        respond(policies::rollback(&*self.store, request.into_inner()).await)
+        let actor = Principal::name_of(&request);
+        respond(policies::rollback(&*self.store, request.into_inner(), actor).await)
     }
 
     async fn create_proxy_binding(

@@ -33,15 +33,23 @@ pub(super) async fn get(
     })
 }
 
+/// `actor` is the caller's principal, from the transport.
 pub(super) async fn set(
     store: &impl Store,
     request: pb::SetProvisionPolicyRequest,
+    actor: String,
 ) -> Result<pb::SetProvisionPolicyResponse, Error> {
+    let problems = lifecycle::check_set_request(&request);
+    if !problems.is_empty() {
+        return Err(Error::InvalidRequest(problems));
+    }
     let resource = request.policy.unwrap_or_default();
     let intent = Intent {
         etag: request.etag,
         validate_only: request.validate_only,
         create_only: request.create_only,
+        actor,
+        change_cause: request.change_cause,
     };
     let (record, warnings) = write(store, resource, intent).await?;
     // Counted after the commit, not under the write lock: the blast radius, as now stored.
@@ -133,6 +141,7 @@ pub(super) async fn list(
 pub(super) async fn delete(
     store: &impl Store,
     request: pb::DeleteProvisionPolicyRequest,
+    actor: String,
 ) -> Result<pb::DeleteProvisionPolicyResponse, Error> {
     let problems = lifecycle::check_delete_request(&request);
     if !problems.is_empty() {
@@ -144,6 +153,8 @@ pub(super) async fn delete(
         expected_revision: expected_revision(&entitlement, &request.etag)?,
         validate_only: request.validate_only,
         allow_missing: request.allow_missing,
+        actor,
+        change_cause: request.change_cause,
     };
     let outcome = store.delete(delete).await.map_err(|error| match error {
         StoreError::NotFound => Error::NotFound {
@@ -208,6 +219,9 @@ pub(super) async fn history(
             deleted: entry.deleted,
             create_time: Some(timestamp(entry.record.update_time)),
             change_cursor: cursor_of(store, entry.record.change_seq),
+            // A tombstone has no policy, so the revision itself says who deleted it and why.
+            actor: entry.record.actor.clone(),
+            change_cause: entry.record.change_cause.clone(),
             policy: (!entry.deleted).then(|| entry.record.into_resource()),
         })
         .collect();
@@ -217,9 +231,12 @@ pub(super) async fn history(
     })
 }
 
+/// The new revision is the roller-back's: its actor and cause are this request's, not those of
+/// the revision whose policies it writes again.
 pub(super) async fn rollback(
     store: &impl Store,
     request: pb::RollbackProvisionPolicyRequest,
+    actor: String,
 ) -> Result<pb::RollbackProvisionPolicyResponse, Error> {
     let problems = lifecycle::check_rollback_request(&request);
     if !problems.is_empty() {
@@ -253,6 +270,8 @@ pub(super) async fn rollback(
         etag: request.etag,
         validate_only: request.validate_only,
         create_only: false,
+        actor,
+        change_cause: request.change_cause,
     };
     let (record, warnings) = write(store, old.record.resource, intent).await?;
     Ok(pb::RollbackProvisionPolicyResponse {
@@ -262,11 +281,13 @@ pub(super) async fn rollback(
     })
 }
 
-/// How a write (Set or Rollback) is conditioned.
+/// How a write (Set or Rollback) is conditioned, and who makes it why.
 struct Intent {
     etag: String,
     validate_only: bool,
     create_only: bool,
+    actor: String,
+    change_cause: String,
 }
 
 /// Every check of a Set, then the write: the static rules first (a policy failing them never
@@ -298,6 +319,8 @@ async fn write(
             violations.extend(policy::check_graph(&checked, lookup)?);
             Ok(violations)
         }),
+        actor: intent.actor,
+        change_cause: intent.change_cause,
     };
     match store.write(write).await {
         Ok(WriteOutcome::Written { record, violations }) => Ok((record, violations)),

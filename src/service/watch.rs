@@ -253,6 +253,8 @@ impl<S: Store> Watcher<S> {
                     kind: Kind::Initial as i32,
                     entitlement: record.resource.entitlement.clone(),
                     revision: record.revision,
+                    actor: record.actor.clone(),
+                    change_cause: record.change_cause.clone(),
                     policy: Some(record.into_resource()),
                     binding: None,
                 })

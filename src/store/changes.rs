@@ -9,6 +9,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use prost::Message;
 use tokio::sync::watch;
 
+use super::head::Audit;
 use super::{StoredBinding, StoredRevision};
 use crate::pb;
 use crate::pb::policy_change::Kind;
@@ -22,7 +23,7 @@ pub struct ChangeSet {
     pub changes: Vec<pb::PolicyChange>,
 }
 
-/// A policy write: the new resource as clients see it.
+/// A policy write: the new resource as clients see it, with its actor and cause.
 pub fn put(record: &StoredRevision) -> pb::PolicyChange {
     pb::PolicyChange {
         kind: Kind::Put as i32,
@@ -30,17 +31,22 @@ pub fn put(record: &StoredRevision) -> pb::PolicyChange {
         revision: record.revision,
         policy: Some(record.clone().into_resource()),
         binding: None,
+        actor: record.actor.clone(),
+        change_cause: record.change_cause.clone(),
     }
 }
 
-/// A delete: the tombstone's revision, with the last live resource.
-pub fn delete(tombstone: i64, last: &StoredRevision) -> pb::PolicyChange {
+/// A delete: the tombstone's revision and who deleted it why, with the last live resource
+/// (whose own actor and cause are those of its writer).
+pub fn delete(tombstone: i64, audit: Audit<'_>, last: &StoredRevision) -> pb::PolicyChange {
     pb::PolicyChange {
         kind: Kind::Delete as i32,
         entitlement: last.resource.entitlement.clone(),
         revision: tombstone,
         policy: Some(last.clone().into_resource()),
         binding: None,
+        actor: audit.actor.to_owned(),
+        change_cause: audit.change_cause.to_owned(),
     }
 }
 
@@ -59,6 +65,8 @@ fn binding_change(kind: Kind, binding: &StoredBinding) -> pb::PolicyChange {
         revision: 0,
         policy: None,
         binding: Some(binding.clone().into_binding()),
+        actor: String::new(),
+        change_cause: String::new(),
     }
 }
 
@@ -143,6 +151,9 @@ pub fn backfill(
             create_time: time(create_time),
             update_time: time(old.update_time_micros),
             change_seq: seq,
+            // Nobody recorded who wrote them: unknown, not anonymous.
+            actor: String::new(),
+            change_cause: String::new(),
         };
         entries.push(BackfilledEntry {
             seq,

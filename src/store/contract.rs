@@ -131,6 +131,8 @@ pub(crate) fn put(resource: pb::EntitlementProvisionPolicy) -> Write {
         create_only: false,
         validate_only: false,
         check: passing(),
+        actor: "tester".into(),
+        change_cause: String::new(),
     }
 }
 

@@ -37,6 +37,8 @@ macro_rules! store_log_contract_tests {
             reopen_keeps_the_log_and_its_id,
             concurrent_writers_fill_the_log_without_gaps,
             has_dependants_sees_current_delegations_only,
+            every_revision_keeps_its_actor_and_cause,
+            the_log_tells_who_wrote_and_who_deleted,
         );
     };
 }
@@ -55,6 +57,8 @@ fn delete(key: &pb::EntitlementRef) -> Delete {
         expected_revision: None,
         validate_only: false,
         allow_missing: false,
+        actor: "tester".into(),
+        change_cause: String::new(),
     }
 }
 
@@ -628,5 +632,132 @@ pub(crate) async fn has_dependants_sees_current_delegations_only(backend: &impl 
     assert!(
         !store.has_dependants(&target).await.unwrap(),
         "a deleted policy delegates nowhere"
+    );
+}
+
+fn by(actor: &str, change_cause: &str, write: Write) -> Write {
+    Write {
+        actor: actor.into(),
+        change_cause: change_cause.into(),
+        ..write
+    }
+}
+
+fn audit_of(record: &StoredRevision) -> (&str, &str) {
+    (&record.actor, &record.change_cause)
+}
+
+/// Alice writes, Bob overwrites, Carol deletes, Dave writes again: the history of
+/// `app/audited` on `store`.
+async fn audited_history(store: &impl Store, key: &pb::EntitlementRef) {
+    // The resource's own output-only fields are ignored: a body cannot name its author.
+    let mut claimed = resource(key, "hook-1");
+    claimed.actor = "mallory".into();
+    claimed.change_cause = "claimed".into();
+    let first = written(store, by("alice", "first", put(claimed))).await;
+    assert_eq!(audit_of(&first), ("alice", "first"));
+    written(store, by("bob", "", put(resource(key, "hook-2")))).await;
+    let tombstone = Delete {
+        actor: "carol".into(),
+        change_cause: "retired\nsee ticket 7".into(),
+        ..delete(key)
+    };
+    assert!(matches!(
+        store.delete(tombstone).await,
+        Ok(DeleteOutcome::Deleted { revision: 3, .. })
+    ));
+    let dry = Write {
+        validate_only: true,
+        ..by("eve", "dry run", put(resource(key, "hook-dry")))
+    };
+    let dry = written(store, dry).await;
+    assert_eq!(audit_of(&dry), ("eve", "dry run"), "what would be stored");
+    written(store, by("dave", "back", put(resource(key, "hook-4")))).await;
+}
+
+pub(crate) async fn every_revision_keeps_its_actor_and_cause(backend: &impl Backend) {
+    let store = backend.open().await;
+    let key = entitlement("app", "audited");
+    audited_history(&store, &key).await;
+
+    let current = store.get(&key, None).await.unwrap().expect("current");
+    assert_eq!(audit_of(&current), ("dave", "back"));
+    let first = store.get(&key, Some(1)).await.unwrap().expect("revision 1");
+    assert_eq!(audit_of(&first), ("alice", "first"));
+    assert_eq!(
+        first.resource.actor, "",
+        "kept beside the resource, not in it"
+    );
+    let second = store.get(&key, Some(2)).await.unwrap().expect("revision 2");
+    assert_eq!(audit_of(&second), ("bob", ""));
+
+    let entries = store
+        .list_revisions(RevisionQuery {
+            entitlement: key.clone(),
+            before: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let trail: Vec<_> = entries
+        .iter()
+        .map(|e| (e.record.revision, e.deleted, audit_of(&e.record)))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            (4, false, ("dave", "back")),
+            (3, true, ("carol", "retired\nsee ticket 7")),
+            (2, false, ("bob", "")),
+            (1, false, ("alice", "first")),
+        ]
+    );
+
+    let listed = store.list_policies(at(store.head().await.unwrap())).await;
+    let listed = listed.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(audit_of(&listed[0]), ("dave", "back"));
+    let before_delete = store.list_policies(at(2)).await.unwrap();
+    assert_eq!(audit_of(&before_delete[0]), ("bob", ""));
+
+    drop(store);
+    let reopened = backend.open().await;
+    let current = reopened.get(&key, None).await.unwrap().expect("current");
+    assert_eq!(audit_of(&current), ("dave", "back"), "stored, not cached");
+}
+
+pub(crate) async fn the_log_tells_who_wrote_and_who_deleted(backend: &impl Backend) {
+    let store = backend.open().await;
+    let key = entitlement("app", "audited");
+    audited_history(&store, &key).await;
+
+    let log = store.read_changes(0, 100).await.unwrap();
+    let changes: Vec<&pb::PolicyChange> = log.iter().flat_map(|set| &set.changes).collect();
+    let trail: Vec<_> = changes
+        .iter()
+        .map(|c| {
+            let policy = c.policy.as_ref().expect("a policy change");
+            (
+                Kind::try_from(c.kind).expect("a known kind"),
+                c.revision,
+                (c.actor.as_str(), c.change_cause.as_str()),
+                (policy.actor.as_str(), policy.change_cause.as_str()),
+            )
+        })
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            (Kind::Put, 1, ("alice", "first"), ("alice", "first")),
+            (Kind::Put, 2, ("bob", ""), ("bob", "")),
+            // The deleter on the change; the last live resource keeps its writer.
+            (
+                Kind::Delete,
+                3,
+                ("carol", "retired\nsee ticket 7"),
+                ("bob", "")
+            ),
+            (Kind::Put, 4, ("dave", "back"), ("dave", "back")),
+        ]
     );
 }

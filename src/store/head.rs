@@ -53,6 +53,14 @@ pub fn next(head: Option<Head>, now: i64, deleted: bool) -> Head {
     }
 }
 
+/// Who wrote a revision and why, as both backends store it beside the revision (not in the
+/// encoded resource, whose output-only fields stay empty).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Audit<'a> {
+    pub actor: &'a str,
+    pub change_cause: &'a str,
+}
+
 /// What a tombstone stores as its resource: the entitlement alone.
 pub fn tombstone(entitlement: &pb::EntitlementRef) -> pb::EntitlementProvisionPolicy {
     pb::EntitlementProvisionPolicy {
@@ -61,11 +69,12 @@ pub fn tombstone(entitlement: &pb::EntitlementRef) -> pb::EntitlementProvisionPo
     }
 }
 
-/// The record of `resource` at `head`, logged at `change_seq`.
+/// The record of `resource` at `head`, written as `audit` says, logged at `change_seq`.
 pub fn record(
     resource: pb::EntitlementProvisionPolicy,
     head: Head,
     change_seq: u64,
+    audit: Audit<'_>,
     time: impl Fn(i64) -> Result<std::time::SystemTime, StoreError>,
 ) -> Result<StoredRevision, StoreError> {
     Ok(StoredRevision {
@@ -74,5 +83,7 @@ pub fn record(
         create_time: time(head.create_time)?,
         update_time: time(head.update_time)?,
         change_seq,
+        actor: audit.actor.to_owned(),
+        change_cause: audit.change_cause.to_owned(),
     })
 }

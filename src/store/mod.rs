@@ -49,6 +49,11 @@ pub struct StoredRevision {
     /// The position of this revision's write in the change log; 0 for a write that was only
     /// validated.
     pub change_seq: u64,
+    /// Who wrote this revision (for a tombstone: who deleted); "" for revisions stored before
+    /// actors were recorded.
+    pub actor: String,
+    /// Why, as the request said; often "".
+    pub change_cause: String,
 }
 
 /// One revision in an entitlement's history: a write, or a delete (a tombstone, whose
@@ -115,6 +120,10 @@ pub struct Write {
     pub validate_only: bool,
     /// The check to run inside the transaction.
     pub check: WriteCheck,
+    /// The principal writing, stored with the revision: from the transport, never the body.
+    pub actor: String,
+    /// The request's reason for the write, stored with the revision.
+    pub change_cause: String,
 }
 
 /// A delete of one entitlement's resource: a tombstone revision, its delegation edges dropped.
@@ -127,6 +136,10 @@ pub struct Delete {
     pub validate_only: bool,
     /// A missing resource is [`DeleteOutcome::Missing`] instead of `NotFound`.
     pub allow_missing: bool,
+    /// The principal deleting, stored with the tombstone: from the transport, never the body.
+    pub actor: String,
+    /// The request's reason for the delete, stored with the tombstone.
+    pub change_cause: String,
 }
 
 /// What a [`Delete`] came to when the store itself did not fail.

@@ -28,6 +28,9 @@ pub fn clear_output_fields(resource: &mut pb::EntitlementProvisionPolicy) {
     resource.revision = 0;
     resource.create_time = None;
     resource.update_time = None;
+    // A client must not be able to name someone else as the author of its write.
+    resource.actor.clear();
+    resource.change_cause.clear();
 }
 
 pub fn timestamp(time: SystemTime) -> prost_types::Timestamp {
@@ -46,6 +49,8 @@ impl StoredRevision {
         resource.revision = self.revision;
         resource.create_time = Some(timestamp(self.create_time));
         resource.update_time = Some(timestamp(self.update_time));
+        resource.actor = self.actor;
+        resource.change_cause = self.change_cause;
         resource
     }
 }
@@ -97,10 +102,14 @@ mod tests {
             create_time: UNIX_EPOCH + std::time::Duration::from_micros(1_500_000),
             update_time: UNIX_EPOCH + std::time::Duration::from_secs(2),
             change_seq: 1,
+            actor: "alice".into(),
+            change_cause: "ticket 7".into(),
         };
         let resource = record.into_resource();
         assert_eq!(resource.etag, "\"3\"");
         assert_eq!(resource.revision, 3);
+        assert_eq!(resource.actor, "alice");
+        assert_eq!(resource.change_cause, "ticket 7");
         assert_eq!(
             resource.create_time,
             Some(prost_types::Timestamp {

@@ -133,6 +133,7 @@ pub fn set_request(
         etag: etag.to_owned(),
         validate_only: false,
         create_only: false,
+        change_cause: String::new(),
     }
 }
 

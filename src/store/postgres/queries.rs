@@ -14,7 +14,8 @@ use crate::store::{HistoryEntry, StoreError, StoredBinding, StoredRevision};
 const NOW_MICROS: &str = "(extract(epoch FROM clock_timestamp()) * 1000000)::bigint";
 
 pub(super) const CURRENT: &str = "
-    SELECT p.resource, p.revision, p.create_time, p.update_time, r.change_seq
+    SELECT p.resource, p.revision, p.create_time, p.update_time, r.change_seq,
+           r.actor, r.change_cause
     FROM policies AS p
     JOIN revisions AS r
       ON r.app_id = p.app_id AND r.entitlement_id = p.entitlement_id AND r.revision = p.revision
@@ -23,7 +24,8 @@ pub(super) const CURRENT: &str = "
 /// One statement, so the revision and the create time (that of revision 1) come from one
 /// snapshot.
 pub(super) const AT_REVISION: &str = "
-    SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq
+    SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq,
+           r.actor, r.change_cause
     FROM revisions AS r
     JOIN revisions AS first
       ON first.app_id = r.app_id AND first.entitlement_id = r.entitlement_id
@@ -34,7 +36,8 @@ pub(super) const AT_REVISION: &str = "
 /// written at or before it. Walks the primary key in order from `after`, so a page costs its own
 /// rows (and the history of their entitlements), not the whole table.
 pub(super) const LIST_POLICIES: &str = "
-    SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq
+    SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq,
+           r.actor, r.change_cause
     FROM revisions AS r
     JOIN revisions AS first
       ON first.app_id = r.app_id AND first.entitlement_id = r.entitlement_id
@@ -51,7 +54,8 @@ pub(super) const LIST_POLICIES: &str = "
 
 /// Tombstones included: they are part of the history.
 pub(super) const LIST_REVISIONS: &str = "
-    SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq, r.deleted
+    SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq,
+           r.actor, r.change_cause, r.deleted
     FROM revisions AS r
     JOIN revisions AS first
       ON first.app_id = r.app_id AND first.entitlement_id = r.entitlement_id
@@ -118,7 +122,8 @@ pub(super) const LIST_BINDINGS: &str = "
 pub(super) struct Statements {
     /// Always one row: the database's now, and the head of the entitlement (NULLs if none).
     pub head: Statement,
-    /// [`Self::head`] with the head's resource and log position: what a delete reads.
+    /// [`Self::head`] with the head's resource, log position, actor and cause: what a delete
+    /// reads.
     pub delete_head: Statement,
     /// The entitlements other than `$1/$2` whose current resources delegate to it.
     pub dependants: Statement,
@@ -147,7 +152,7 @@ impl Statements {
         );
         let delete_head = format!(
             "SELECT {NOW_MICROS}, p.revision, p.create_time, p.update_time, p.deleted,
-                    p.resource, r.change_seq
+                    p.resource, r.change_seq, r.actor, r.change_cause
              FROM (SELECT 1) AS one
              LEFT JOIN policies AS p ON p.app_id = $1 AND p.entitlement_id = $2
              LEFT JOIN revisions AS r
@@ -189,8 +194,9 @@ impl Statements {
                 .prepare(
                     "INSERT INTO revisions
                        (app_id, entitlement_id, revision, resource, update_time, deleted,
-                        change_seq)
-                     VALUES ($1, $2, $3, $4, $5, $6, (SELECT head FROM provisiond_log))",
+                        change_seq, actor, change_cause)
+                     VALUES ($1, $2, $3, $4, $5, $6, (SELECT head FROM provisiond_log),
+                             $7, $8)",
                 )
                 .await?,
             upsert_policy: client
@@ -256,7 +262,7 @@ pub(super) fn id_arrays(refs: &[pb::EntitlementRef]) -> (Vec<&str>, Vec<&str>) {
         .unzip()
 }
 
-/// A row of (resource, revision, create_time, update_time, change_seq).
+/// A row of (resource, revision, create_time, update_time, change_seq, actor, change_cause).
 pub(super) fn revision_from_row(row: &Row) -> Result<StoredRevision, StoreError> {
     let bytes: &[u8] = row.try_get(0)?;
     Ok(StoredRevision {
@@ -265,6 +271,8 @@ pub(super) fn revision_from_row(row: &Row) -> Result<StoredRevision, StoreError>
         create_time: time_from_micros(row.try_get(2)?)?,
         update_time: time_from_micros(row.try_get(3)?)?,
         change_seq: seq_from_column(row.try_get(4)?)?,
+        actor: row.try_get(5)?,
+        change_cause: row.try_get(6)?,
     })
 }
 
@@ -272,7 +280,7 @@ pub(super) fn revision_from_row(row: &Row) -> Result<StoredRevision, StoreError>
 pub(super) fn history_from_row(row: &Row) -> Result<HistoryEntry, StoreError> {
     Ok(HistoryEntry {
         record: revision_from_row(row)?,
-        deleted: row.try_get(5)?,
+        deleted: row.try_get(7)?,
     })
 }
 

@@ -45,6 +45,10 @@ const MIGRATIONS: &[Migration] = &[
         sql: V2,
         backfill: Some(Backfill::ChangeLog),
     },
+    Migration {
+        sql: V3,
+        backfill: None,
+    },
 ];
 
 /// 1: times are unix microseconds; resources are encoded `EntitlementProvisionPolicy` bytes
@@ -145,6 +149,16 @@ const V2: &str = r#"
         head      bigint NOT NULL CHECK (head >= 0)
     );
     "#;
+
+/// 3: the audit trail. Each revision records who wrote it (`actor`, the principal) and why
+/// (`change_cause`, from the request). Revisions stored before read as '' for both: their
+/// writer is unknown, which is not the same as `anonymous`. ALTER TABLE fires no trigger, so
+/// `revisions` stays append-only throughout.
+const V3: &str = "
+    ALTER TABLE revisions
+        ADD COLUMN actor text NOT NULL DEFAULT '',
+        ADD COLUMN change_cause text NOT NULL DEFAULT '';
+    ";
 
 /// Numbers the revisions stored before version 2 in the order they were written and gives each
 /// a PUT entry in the log, so that a listing at any point and a watch from the start see them.

@@ -33,7 +33,7 @@ use super::queries::{self, Statements, id_arrays};
 use crate::pb;
 use crate::policy;
 use crate::store::changes::{self, HeadPublisher};
-use crate::store::head::{self, Head};
+use crate::store::head::{self, Audit, Head};
 use crate::store::metrics::StoreMetrics;
 use crate::store::record::clear_output_fields;
 use crate::store::{Delete, DeleteOutcome, StoreError, StoredBinding, Write, WriteOutcome};
@@ -264,6 +264,13 @@ pub(super) struct Session {
     pub(super) before_commit: Option<Box<dyn FnOnce(i32) + Send>>,
 }
 
+/// A revision about to be stored: its encoded resource, its head and who wrote it why.
+struct NewRevision<'a> {
+    bytes: &'a [u8],
+    head: Head,
+    audit: Audit<'a>,
+}
+
 #[expect(
     clippy::large_enum_variant,
     reason = "moved once per mutation; boxing would only add an allocation"
@@ -461,7 +468,13 @@ impl Session {
             create_only,
             validate_only,
             check,
+            actor,
+            change_cause,
         } = write;
+        let audit = Audit {
+            actor: &actor,
+            change_cause: &change_cause,
+        };
         clear_output_fields(&mut resource);
         let key = resource
             .entitlement
@@ -517,7 +530,7 @@ impl Session {
         }
 
         let new = head::next(head, now, false);
-        let mut record = head::record(resource, new, 0, queries::time_from_micros)?;
+        let mut record = head::record(resource, new, 0, audit, queries::time_from_micros)?;
         if validate_only {
             let outcome = WriteOutcome::Written { record, violations };
             return Ok((Done::Written(outcome), created_bindings));
@@ -526,13 +539,18 @@ impl Session {
         let mut log = vec![changes::put(&record)];
         log.extend(new_bindings.iter().map(changes::binding_created));
         let payload = changes::encode(log, new.update_time);
-        let seq = self.store_revision(conn, &key, &bytes, new, &delegation_targets, &payload)?;
+        let revision = NewRevision {
+            bytes: &bytes,
+            head: new,
+            audit,
+        };
+        let seq = self.store_revision(conn, &key, revision, &delegation_targets, &payload)?;
         record.change_seq = seq;
         let outcome = WriteOutcome::Written { record, violations };
         Ok((Done::Written(outcome), false))
     }
 
-    /// Appends revision `new` of `key` (`bytes`, its delegation `targets`) to the history,
+    /// Appends revision `new` of `key` (with its delegation `targets`) to the history,
     /// makes it the head, takes the next position of the log and appends `payload` there: one
     /// pipelined round trip. Statements run in order, so the revision and the log entry read
     /// the position the first one took.
@@ -540,22 +558,28 @@ impl Session {
         &self,
         conn: &Conn,
         key: &pb::EntitlementRef,
-        bytes: &[u8],
-        new: Head,
+        new: NewRevision<'_>,
         targets: &[pb::EntitlementRef],
         payload: &[u8],
     ) -> Result<u64, StoreError> {
+        let NewRevision {
+            bytes,
+            head: new,
+            audit,
+        } = new;
         let (client, statements) = (&conn.client, &conn.statements);
         let (apps, entitlements) = id_arrays(targets);
         let key_params: [&(dyn ToSql + Sync); 2] = [&key.app_id, &key.entitlement_id];
         let [app_id, entitlement_id] = key_params;
-        let revision_params: [&(dyn ToSql + Sync); 6] = [
+        let revision_params: [&(dyn ToSql + Sync); 8] = [
             app_id,
             entitlement_id,
             &new.revision,
             &bytes,
             &new.update_time,
             &new.deleted,
+            &audit.actor,
+            &audit.change_cause,
         ];
         let policy_params: [&(dyn ToSql + Sync); 7] = [
             app_id,
@@ -594,6 +618,8 @@ impl Session {
             expected_revision,
             validate_only,
             allow_missing,
+            actor,
+            change_cause,
         } = delete;
         let (client, statements) = (&conn.client, &conn.statements);
         let key_params: [&(dyn ToSql + Sync); 2] = [&key.app_id, &key.entitlement_id];
@@ -626,11 +652,30 @@ impl Session {
         }
         let resource = queries::decode_resource(head.try_get(5)?)?;
         let last_seq = queries::seq_from_column(head.try_get(6)?)?;
-        let last = head::record(resource, live, last_seq, queries::time_from_micros)?;
+        let last_audit = Audit {
+            actor: head.try_get(7)?,
+            change_cause: head.try_get(8)?,
+        };
+        let last = head::record(
+            resource,
+            live,
+            last_seq,
+            last_audit,
+            queries::time_from_micros,
+        )?;
         let bytes = head::tombstone(&key).encode_to_vec();
-        let log = vec![changes::delete(tombstone.revision, &last)];
+        let audit = Audit {
+            actor: &actor,
+            change_cause: &change_cause,
+        };
+        let log = vec![changes::delete(tombstone.revision, audit, &last)];
         let payload = changes::encode(log, tombstone.update_time);
-        let seq = self.store_revision(conn, &key, &bytes, tombstone, &[], &payload)?;
+        let revision = NewRevision {
+            bytes: &bytes,
+            head: tombstone,
+            audit,
+        };
+        let seq = self.store_revision(conn, &key, revision, &[], &payload)?;
         let outcome = DeleteOutcome::Deleted {
             revision: tombstone.revision,
             change_seq: seq,

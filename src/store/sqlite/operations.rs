@@ -13,7 +13,7 @@ use super::writer::Operation;
 use crate::pb;
 use crate::policy;
 use crate::store::changes;
-use crate::store::head::{self, Head};
+use crate::store::head::{self, Audit, Head};
 use crate::store::record::clear_output_fields;
 use crate::store::{
     Delete, DeleteOutcome, StoreError, StoredBinding, StoredRevision, Write, WriteOutcome,
@@ -23,8 +23,9 @@ fn record_of(
     resource: pb::EntitlementProvisionPolicy,
     head: Head,
     change_seq: u64,
+    audit: Audit<'_>,
 ) -> Result<StoredRevision, StoreError> {
-    head::record(resource, head, change_seq, queries::time_from_micros)
+    head::record(resource, head, change_seq, audit, queries::time_from_micros)
 }
 
 impl Operation for Write {
@@ -49,7 +50,13 @@ impl Operation for Write {
             create_only,
             validate_only,
             check,
+            actor,
+            change_cause,
         } = self;
+        let audit = Audit {
+            actor: &actor,
+            change_cause: &change_cause,
+        };
         clear_output_fields(&mut resource);
         let key = resource
             .entitlement
@@ -80,13 +87,13 @@ impl Operation for Write {
 
         let new = head::next(head, now, false);
         if validate_only {
-            let record = record_of(resource, new, 0)?;
+            let record = record_of(resource, new, 0, audit)?;
             return Ok((WriteOutcome::Written { record, violations }, false));
         }
         let seq = queries::next_seq(conn)?;
-        queries::store_revision(conn, &key, &resource.encode_to_vec(), new, seq)?;
+        queries::store_revision(conn, &key, &resource.encode_to_vec(), new, seq, audit)?;
         queries::replace_delegations(conn, &key, &delegation_targets)?;
-        let record = record_of(resource, new, seq)?;
+        let record = record_of(resource, new, seq, audit)?;
         let mut log = vec![changes::put(&record)];
         log.extend(created.iter().map(changes::binding_created));
         queries::append_change(conn, seq, new.update_time, log)?;
@@ -112,7 +119,13 @@ impl Operation for Delete {
             expected_revision,
             validate_only,
             allow_missing,
+            actor,
+            change_cause,
         } = self;
+        let audit = Audit {
+            actor: &actor,
+            change_cause: &change_cause,
+        };
         let Some(head) = queries::head(conn, &key)?.filter(|head| !head.deleted) else {
             return match allow_missing {
                 true => Ok((DeleteOutcome::Missing, false)),
@@ -135,9 +148,9 @@ impl Operation for Delete {
         let last = queries::current(conn, &key)?.ok_or(Failure::MissingEntitlement)?;
         let seq = queries::next_seq(conn)?;
         let bare = head::tombstone(&key).encode_to_vec();
-        queries::store_revision(conn, &key, &bare, tombstone, seq)?;
+        queries::store_revision(conn, &key, &bare, tombstone, seq, audit)?;
         queries::replace_delegations(conn, &key, &[])?;
-        let log = vec![changes::delete(tombstone.revision, &last)];
+        let log = vec![changes::delete(tombstone.revision, audit, &last)];
         queries::append_change(conn, seq, tombstone.update_time, log)?;
         let outcome = DeleteOutcome::Deleted {
             revision: tombstone.revision,

@@ -9,7 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
 use super::error::Failure;
 use crate::pb;
 use crate::store::changes::{self, ChangeSet};
-use crate::store::head::Head;
+use crate::store::head::{Audit, Head};
 use crate::store::{
     BindingQuery, HistoryEntry, PolicyQuery, RevisionQuery, StoreError, StoredBinding,
     StoredRevision,
@@ -41,7 +41,8 @@ pub(super) fn current(
     key: &pb::EntitlementRef,
 ) -> Result<Option<StoredRevision>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT p.resource, p.revision, p.create_time, p.update_time, r.change_seq
+        "SELECT p.resource, p.revision, p.create_time, p.update_time, r.change_seq,
+                r.actor, r.change_cause
          FROM policies AS p
          JOIN revisions AS r
            ON r.app_id = p.app_id AND r.entitlement_id = p.entitlement_id
@@ -65,7 +66,8 @@ pub(super) fn at_revision(
     revision: i64,
 ) -> Result<Option<StoredRevision>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq
+        "SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq,
+                r.actor, r.change_cause
          FROM revisions AS r
          JOIN revisions AS first
            ON first.app_id = r.app_id AND first.entitlement_id = r.entitlement_id
@@ -313,19 +315,21 @@ pub(super) fn list_bindings(
     .collect()
 }
 
-/// Appends revision `new` (a tombstone when `new.deleted`) to the history at `change_seq` and
-/// makes it the head.
+/// Appends revision `new` (a tombstone when `new.deleted`), written as `audit` says, to the
+/// history at `change_seq` and makes it the head.
 pub(super) fn store_revision(
     conn: &Connection,
     key: &pb::EntitlementRef,
     resource: &[u8],
     new: Head,
     change_seq: u64,
+    audit: Audit<'_>,
 ) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO revisions
-           (app_id, entitlement_id, revision, resource, update_time, deleted, change_seq)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+           (app_id, entitlement_id, revision, resource, update_time, deleted, change_seq,
+            actor, change_cause)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
     )?
     .execute(params![
         key.app_id,
@@ -334,7 +338,9 @@ pub(super) fn store_revision(
         resource,
         new.update_time,
         new.deleted,
-        change_seq
+        change_seq,
+        audit.actor,
+        audit.change_cause
     ])?;
     conn.prepare_cached(
         "INSERT INTO policies
@@ -460,7 +466,8 @@ pub(super) fn list_policies(
     query: &PolicyQuery,
 ) -> Result<Vec<StoredRevision>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq
+        "SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq,
+                r.actor, r.change_cause
          FROM revisions AS r
          JOIN revisions AS first
            ON first.app_id = r.app_id AND first.entitlement_id = r.entitlement_id
@@ -497,7 +504,8 @@ pub(super) fn list_revisions(
     query: &RevisionQuery,
 ) -> Result<Vec<HistoryEntry>, StoreError> {
     let mut stmt = conn.prepare_cached(
-        "SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq, r.deleted
+        "SELECT r.resource, r.revision, first.update_time, r.update_time, r.change_seq,
+                r.actor, r.change_cause, r.deleted
          FROM revisions AS r
          JOIN revisions AS first
            ON first.app_id = r.app_id AND first.entitlement_id = r.entitlement_id
@@ -515,7 +523,7 @@ pub(super) fn list_revisions(
             query.before.unwrap_or(i64::MAX),
             limit
         ],
-        |row| Ok((RawRevision::from_row(row)?, row.get::<_, bool>(5)?)),
+        |row| Ok((RawRevision::from_row(row)?, row.get::<_, bool>(7)?)),
     )?;
     rows.map(|row| {
         let (raw, deleted) = row?;
@@ -534,6 +542,8 @@ struct RawRevision {
     create_time: i64,
     update_time: i64,
     change_seq: i64,
+    actor: String,
+    change_cause: String,
 }
 
 impl RawRevision {
@@ -544,6 +554,8 @@ impl RawRevision {
             create_time: row.get(2)?,
             update_time: row.get(3)?,
             change_seq: row.get(4)?,
+            actor: row.get(5)?,
+            change_cause: row.get(6)?,
         })
     }
 
@@ -555,6 +567,8 @@ impl RawRevision {
             update_time: time_from_micros(self.update_time)?,
             change_seq: u64::try_from(self.change_seq)
                 .map_err(|_| Failure::Sequence(self.change_seq))?,
+            actor: self.actor,
+            change_cause: self.change_cause,
         })
     }
 }

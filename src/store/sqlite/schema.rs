@@ -36,6 +36,10 @@ const MIGRATIONS: &[Migration] = &[
         sql: V3,
         backfill: Some(backfill_change_log),
     },
+    Migration {
+        sql: V4,
+        backfill: None,
+    },
 ];
 
 /// 1: times are unix microseconds; resources are encoded `EntitlementProvisionPolicy` bytes
@@ -129,6 +133,15 @@ const V3: &str = "
         store_id  TEXT    NOT NULL,
         head      INTEGER NOT NULL CHECK (head >= 0)
     ) STRICT;
+    ";
+
+/// 4: the audit trail. Each revision records who wrote it (`actor`, the principal) and why
+/// (`change_cause`, from the request). Revisions stored before read as '' for both: their
+/// writer is unknown, which is not the same as `anonymous`. Adding a column fires no trigger,
+/// so `revisions` stays append-only throughout.
+const V4: &str = "
+    ALTER TABLE revisions ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+    ALTER TABLE revisions ADD COLUMN change_cause TEXT NOT NULL DEFAULT '';
     ";
 
 /// Numbers the revisions stored before version 3 in the order they were written and gives each

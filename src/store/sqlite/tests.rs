@@ -943,6 +943,8 @@ async fn the_in_memory_dependants_agree_with_the_table_after_random_writes() {
                     expected_revision: None,
                     validate_only: false,
                     allow_missing: true,
+                    actor: "tester".into(),
+                    change_cause: String::new(),
                 })
                 .await
                 .map(|_| ()),
@@ -996,4 +998,41 @@ fn futures_block<F: Future>(future: F) -> F::Output {
         Poll::Ready(output) => output,
         Poll::Pending => panic!("not ready at once"),
     }
+}
+
+#[tokio::test]
+async fn revisions_from_before_the_audit_trail_read_as_written_by_nobody_known() {
+    let dir = TempDir::new().unwrap();
+    let old = key(0);
+    let encode = prost::Message::encode_to_vec;
+    version_1_database(dir.path(), &[(old.clone(), encode(&resource(&old, "old")))]);
+
+    let store = SqliteStore::open(dir.path()).unwrap();
+    let current = store.get(&old, None).await.unwrap().unwrap();
+    // Unknown, which `anonymous` (a write with authentication off) would misstate.
+    assert_eq!(
+        (current.actor.as_str(), current.change_cause.as_str()),
+        ("", "")
+    );
+    let log = store.read_changes(0, 10).await.unwrap();
+    assert_eq!(log[0].changes[0].actor, "");
+    let newer = Write {
+        actor: "alice".into(),
+        change_cause: "after the upgrade".into(),
+        ..put(resource(&old, "new"))
+    };
+    written(&store, newer).await;
+    let history = store
+        .list_revisions(crate::store::RevisionQuery {
+            entitlement: old.clone(),
+            before: None,
+            limit: 10,
+        })
+        .await
+        .unwrap();
+    let actors: Vec<_> = history
+        .iter()
+        .map(|e| (e.record.revision, e.record.actor.as_str()))
+        .collect();
+    assert_eq!(actors, [(2, "alice"), (1, "")]);
 }

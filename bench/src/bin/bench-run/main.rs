@@ -485,6 +485,8 @@ async fn seed<S: Store>(open: impl std::future::Future<Output = S>, count: u64) 
                     create_only: false,
                     validate_only: false,
                     check: Box::new(|_| Ok(Vec::new())),
+                    actor: "bench".into(),
+                    change_cause: String::new(),
                 })
             })
             .collect();
@@ -546,6 +548,7 @@ async fn check_replies(echo: &Server, service: &Server, bodies: &Bodies) -> (usi
                 etag: String::new(),
                 validate_only: false,
                 create_only: false,
+                change_cause: String::new(),
             })
             .await
             .unwrap_or_else(|status| panic!("{} Set: {status:?}", server.label));
