@@ -58,7 +58,7 @@ pub async fn serve(
             serve_store(listener, Arc::new(store), config, shutdown).await
         }
         url if postgres::is_url(url) => {
-            let store = PostgresStore::open(url).await?;
+            let store = PostgresStore::open(url, config.store_ca_file.as_deref()).await?;
             tracing::info!(database = store.target(), "opened the PostgreSQL store");
             serve_store(listener, Arc::new(store), config, shutdown).await
         }
