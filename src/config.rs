@@ -134,6 +134,9 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(config.store_ca_file, None);
+        let tls = Config::parse_from(["provisiond", "--store-ca-file", "/etc/pg/ca.pem"]);
+        assert_eq!(tls.store_ca_file, Some(PathBuf::from("/etc/pg/ca.pem")));
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
     }
