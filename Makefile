@@ -4,12 +4,12 @@ SHELL := /bin/bash
 VENV := .venv
 PYTHON ?= python3
 
-.PHONY: run test tools lint check-fmt clippy unit bench bench-tools fuzz fuzz-build
+.PHONY: run test tools lint check-fmt clippy crypto-check unit bench bench-tools fuzz fuzz-build
 
 run:
 	cargo run --release
 
-test: tools check-fmt clippy lint
+test: tools check-fmt clippy crypto-check lint
 	PROVISIOND_REQUIRE_CLIENTS=1 cargo test --all-targets
 
 tools: $(VENV)/.installed node_modules/.installed
@@ -31,6 +31,21 @@ check-fmt:
 
 clippy:
 	cargo clippy --workspace --all-targets -- -D warnings
+
+# One rustls crypto provider, ring: with aws-lc-rs also compiled in, rustls cannot choose a
+# process default and panics at the first TLS handshake. The check passes only on cargo's
+# "did not match any packages" (aws-lc-rs is nowhere in the workspace, dev and build
+# dependencies and every target platform included); a tree found, or any other cargo failure,
+# fails it.
+crypto-check:
+	@out=$$(cargo tree --workspace --target all -e features -i aws-lc-rs 2>&1); status=$$?; \
+	if [ $$status -ne 0 ] && grep -q 'package ID specification `aws-lc-rs` did not match any packages' <<<"$$out"; then \
+	  echo "crypto-check: aws-lc-rs is not in the dependency tree (ring is the one provider)"; \
+	elif [ $$status -eq 0 ]; then \
+	  echo "$$out"; echo "crypto-check: aws-lc-rs is in the dependency tree (above); rustls would have two crypto providers"; exit 1; \
+	else \
+	  echo "$$out"; echo "crypto-check: cargo tree failed"; exit 1; \
+	fi
 
 # `make bench` is the load benchmark (DESIGN.md section 6, issue #5): release build, echo ceiling
 # and provisiond in interleaved rounds, figures written to BENCHMARKS.md (generated: never edit

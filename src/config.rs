@@ -32,6 +32,13 @@ pub struct Config {
     )]
     pub store: String,
 
+    /// PEM file of the CA (one or more certificates) that a PostgreSQL store's server
+    /// certificate must chain to; instead of the system's trusted roots. Naming one requires
+    /// TLS, with the host name verified, even under `sslmode=prefer`. The URL's
+    /// `sslrootcert=PATH` is the same setting; give one of them.
+    #[arg(long, env = "PROVISIOND_STORE_CA_FILE")]
+    pub store_ca_file: Option<PathBuf>,
+
     /// Log format.
     #[arg(long, env = "PROVISIOND_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -161,6 +168,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             data_dir: data_dir.into(),
             store: "sqlite".to_owned(),
+            store_ca_file: None,
             log_format: LogFormat::Text,
             log: "info".to_owned(),
             reflection: true,
@@ -211,6 +219,9 @@ mod tests {
                 "{bad}"
             );
         }
+        assert_eq!(config.store_ca_file, None);
+        let tls = Config::parse_from(["provisiond", "--store-ca-file", "/etc/pg/ca.pem"]);
+        assert_eq!(tls.store_ca_file, Some(PathBuf::from("/etc/pg/ca.pem")));
         assert_eq!(config.log_format, LogFormat::Json);
         assert_eq!(config.listen, "127.0.0.1:50051".parse().unwrap());
         assert_eq!(config.metrics_listen, None);

@@ -99,7 +99,7 @@ pub async fn serve(
             serve_store(listener, store, metrics, security.clone(), config, shutdown).await
         }
         url if postgres::is_url(url) => {
-            let store = PostgresStore::open(url).await?;
+            let store = PostgresStore::open(url, config.store_ca_file.as_deref()).await?;
             tracing::info!(database = store.target(), "opened the PostgreSQL store");
             let metrics = Metrics::new(store.metrics().clone(), true);
             serve_store(listener, store, metrics, security.clone(), config, shutdown).await

@@ -14,6 +14,41 @@ use crate::store::StoreError;
 pub enum OpenError {
     #[error("invalid PostgreSQL URL: {}", chain(.0))]
     Url(#[source] tokio_postgres::Error),
+    #[error("invalid PostgreSQL URL: {0}")]
+    UrlOption(&'static str),
+    #[error(
+        "sslmode={0:?} in --store is not supported: use disable, prefer, require or verify-full"
+    )]
+    SslMode(String),
+    #[error(
+        "sslmode=verify-ca in --store is not supported: TLS here always verifies the server's \
+         host name as well as its certificate chain; use sslmode=verify-full, with a host name \
+         the server's certificate names"
+    )]
+    VerifyCa,
+    #[error(
+        "both --store-ca-file (PROVISIOND_STORE_CA_FILE) and sslrootcert= in --store name the \
+         PostgreSQL CA; give only one"
+    )]
+    TwoCaFiles,
+    #[error(
+        "a PostgreSQL CA is named (--store-ca-file or sslrootcert=) but --store says \
+         sslmode=disable; remove one of them"
+    )]
+    CaWithoutTls,
+    #[error("cannot use the PostgreSQL CA file {} named by {source_setting}: {reason}", .path.display())]
+    CaFile {
+        source_setting: super::tls::CaSource,
+        path: std::path::PathBuf,
+        reason: String,
+    },
+    #[error(
+        "cannot load the system's trusted certificates to verify PostgreSQL's TLS ({0}); name \
+         the CA with --store-ca-file"
+    )]
+    SystemRoots(String),
+    #[error("cannot configure TLS for PostgreSQL: {0}")]
+    TlsConfig(#[source] rustls::Error),
     #[error("cannot connect to PostgreSQL at {target}: {}", chain(.source))]
     Connect {
         target: String,

@@ -10,7 +10,8 @@ use std::time::Duration;
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
 use tokio::task::{AbortHandle, JoinHandle};
-use tokio_postgres::{AsyncMessage, NoTls};
+use tokio_postgres::AsyncMessage;
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::chain;
 use super::queries;
@@ -24,6 +25,7 @@ const RECONNECT: Duration = Duration::from_secs(1);
 /// What the task LISTENs on: `None` to rely on polling alone.
 pub(super) struct Listen {
     pub config: tokio_postgres::Config,
+    pub tls: MakeRustlsConnect,
     pub channel: String,
 }
 
@@ -98,7 +100,7 @@ async fn listen_forever(listen: Listen, told: Arc<Notify>) {
 
 /// Listens until the connection ends: `Ok` when the server closed it.
 async fn listen_once(listen: &Listen, told: &Notify) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = listen.config.connect(NoTls).await?;
+    let (client, mut connection) = listen.config.connect(listen.tls.clone()).await?;
     let forward = async {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {

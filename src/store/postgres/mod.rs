@@ -28,14 +28,15 @@ mod queries;
 mod schema;
 #[cfg(test)]
 mod tests;
+mod tls;
 mod writer;
 
 use std::future::Future;
+use std::path::Path;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
 use tokio::sync::oneshot;
-use tokio_postgres::NoTls;
 use tokio_postgres::config::Host;
 use tokio_postgres::types::ToSql;
 
@@ -44,6 +45,8 @@ use self::error::{Failure, chain, connection_lost};
 use self::follow::{Follower, Listen};
 use self::locks::{LockKey, changes_channel};
 use self::lookup::{LookupStatements, SnapshotStatements, run_check, run_snapshot};
+pub use self::tls::CaSource;
+use self::tls::Tls;
 use self::writer::{Done, Job, Op, Writer};
 use super::changes::{ChangeSet, HeadPublisher};
 use super::metrics::{StoreGauges, StoreMetrics};
@@ -88,22 +91,29 @@ impl PostgresStore {
     /// session's `search_path`) and starts the writer. Fails at once, naming the server, when
     /// the database cannot be reached: no retry here (a supervisor restarting the process is
     /// the retry).
-    pub async fn open(url: &str) -> Result<Self, OpenError> {
-        let config = url.parse().map_err(OpenError::Url)?;
-        Self::open_config(config).await
+    ///
+    /// TLS follows the URL's `sslmode` (`disable`, `prefer`, `require`, `verify-full`) and
+    /// `sslrootcert`, or `ca_file` (`--store-ca-file`); see `tls.rs` for what each means here.
+    pub async fn open(url: &str, ca_file: Option<&Path>) -> Result<Self, OpenError> {
+        let (config, tls) = tls::configure(url, ca_file)?;
+        Self::open_config_with(config, tls, true).await
     }
 
-    /// [`Self::open`] with a parsed configuration.
+    /// [`Self::open`] with a parsed configuration: its `sslmode` `require` verifies the server
+    /// against the system's trusted roots, `prefer` (the default) does not use TLS.
     pub async fn open_config(config: tokio_postgres::Config) -> Result<Self, OpenError> {
-        Self::open_config_with(config, true).await
+        let tls = tls::for_config(&config)?;
+        Self::open_config_with(config, tls, true).await
     }
 
-    /// [`Self::open_config`]; without `listen`, other replicas' commits are learned by polling
-    /// alone (what tests of the fallback need).
-    pub(crate) async fn open_config_with(
+    /// [`Self::open_config`] with its TLS decided; without `listen`, other replicas' commits
+    /// are learned by polling alone (what tests of the fallback need).
+    async fn open_config_with(
         mut config: tokio_postgres::Config,
+        tls: Tls,
         listen: bool,
     ) -> Result<Self, OpenError> {
+        config.ssl_mode(tls.wire);
         if config.get_application_name().is_none() {
             config.application_name(APPLICATION_NAME);
         }
@@ -121,18 +131,26 @@ impl PostgresStore {
         if config.get_tcp_user_timeout().is_none() {
             config.tcp_user_timeout(KEEPALIVE_IDLE);
         }
-        let target = describe(&config);
-        let opened = migrate(&config, &target).await?;
+        let target = target(&config, &tls);
+        let opened = migrate(&config, &tls, &target).await?;
         let head = HeadPublisher::new(opened.head);
         let metrics = StoreMetrics::new();
-        let writer = Writer::spawn(config.clone(), head.clone(), metrics.clone()).await?;
+        let writer = Writer::spawn(
+            config.clone(),
+            tls.connector.clone(),
+            target.clone(),
+            head.clone(),
+            metrics.clone(),
+        )
+        .await?;
         let listen = listen.then(|| Listen {
             config: config.clone(),
+            tls: tls.connector.clone(),
             channel: changes_channel(&opened.schema),
         });
         let manager = Manager::from_config(
             config,
-            NoTls,
+            tls.connector,
             ManagerConfig {
                 // A connection the server ended is noticed by the client and never handed
                 // out again; one ended unnoticed fails its read, which is retried once.
@@ -163,7 +181,8 @@ impl PostgresStore {
         &self.metrics
     }
 
-    /// The server and database, without credentials: for logs.
+    /// The server and database, and whether (and how) TLS is used, without credentials: for
+    /// logs.
     pub fn target(&self) -> &str {
         &self.target
     }
@@ -353,6 +372,11 @@ pub(crate) fn describe(config: &tokio_postgres::Config) -> String {
     )
 }
 
+/// [`describe`] and the TLS of the connections, for logs and open errors.
+fn target(config: &tokio_postgres::Config, tls: &Tls) -> String {
+    format!("{} with {}", describe(config), tls.summary)
+}
+
 /// What open learns from the database besides migrating it.
 struct Opened {
     schema: String,
@@ -360,12 +384,19 @@ struct Opened {
     head: u64,
 }
 
-async fn migrate(config: &tokio_postgres::Config, target: &str) -> Result<Opened, OpenError> {
+async fn migrate(
+    config: &tokio_postgres::Config,
+    tls: &Tls,
+    target: &str,
+) -> Result<Opened, OpenError> {
     let connect_failed = |source| OpenError::Connect {
         target: target.to_owned(),
         source,
     };
-    let (mut client, connection) = config.connect(NoTls).await.map_err(connect_failed)?;
+    let (mut client, connection) = config
+        .connect(tls.connector.clone())
+        .await
+        .map_err(connect_failed)?;
     let connection = tokio::spawn(connection);
     let schema: Option<String> = client
         .query_one("SELECT current_schema()", &[])

@@ -584,7 +584,7 @@ async fn a_search_path_without_an_existing_schema_is_refused() {
 async fn an_unreachable_server_is_a_clear_open_error() {
     // Port 1 on the loopback: nothing listens there.
     let url = "postgres://provisiond:secret-password@127.0.0.1:1/nowhere?connect_timeout=5";
-    match PostgresStore::open(url).await {
+    match PostgresStore::open(url, None).await {
         Err(err @ OpenError::Connect { .. }) => {
             let message = err.to_string();
             assert!(message.contains("127.0.0.1:1"), "{message}");
@@ -595,7 +595,7 @@ async fn an_unreachable_server_is_a_clear_open_error() {
         Err(other) => panic!("expected Connect, got {other}"),
         Ok(_) => panic!("connected to port 1"),
     }
-    match PostgresStore::open("postgres://127.0.0.1:port/db").await {
+    match PostgresStore::open("postgres://127.0.0.1:port/db", None).await {
         Err(err @ OpenError::Url(_)) => assert!(err.to_string().contains("invalid"), "{err}"),
         Err(other) => panic!("expected Url, got {other}"),
         Ok(_) => panic!("opened an invalid URL"),

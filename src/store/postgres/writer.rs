@@ -23,8 +23,9 @@ use std::time::{Duration, Instant};
 use prost::Message;
 use tokio::runtime::Runtime;
 use tokio::sync::oneshot;
+use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres_rustls::MakeRustlsConnect;
 
 use super::error::{self, Failure, OpenError, chain, connection_lost};
 use super::locks::{LockKey, changes_channel};
@@ -115,6 +116,8 @@ impl Writer {
     /// advances `head` after each commit, before it answers the batch.
     pub(super) async fn spawn(
         config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
+        target: String,
         head: HeadPublisher,
         metrics: StoreMetrics,
     ) -> Result<Self, OpenError> {
@@ -136,13 +139,13 @@ impl Writer {
                             return;
                         }
                     };
-                    let mut session = Session::new(runtime, config, head, metrics);
+                    let mut session = Session::new(runtime, config, tls, head, metrics);
                     match session.connect() {
                         Ok(()) => {
                             let _ = ready.send(Ok(()));
                         }
                         Err(err) => {
-                            let _ = ready.send(Err(err.into_open_error(&session.config)));
+                            let _ = ready.send(Err(err.into_open_error(target)));
                             return;
                         }
                     }
@@ -205,12 +208,9 @@ enum ConnectFailure {
 }
 
 impl ConnectFailure {
-    fn into_open_error(self, config: &tokio_postgres::Config) -> OpenError {
+    fn into_open_error(self, target: String) -> OpenError {
         match self {
-            Self::Postgres(source) => OpenError::Connect {
-                target: super::describe(config),
-                source,
-            },
+            Self::Postgres(source) => OpenError::Connect { target, source },
             Self::NoSchema => OpenError::NoSchema,
         }
     }
@@ -253,6 +253,7 @@ impl Conn {
 pub(super) struct Session {
     runtime: Runtime,
     config: tokio_postgres::Config,
+    tls: MakeRustlsConnect,
     conn: Option<Conn>,
     broken: Cell<bool>,
     /// The log position of the last mutation of the open transaction that stands, if any.
@@ -312,12 +313,14 @@ impl Session {
     fn new(
         runtime: Runtime,
         config: tokio_postgres::Config,
+        tls: MakeRustlsConnect,
         head: HeadPublisher,
         metrics: StoreMetrics,
     ) -> Self {
         Self {
             runtime,
             config,
+            tls,
             conn: None,
             broken: Cell::new(false),
             last_seq: Cell::new(None),
@@ -338,7 +341,7 @@ impl Session {
         self.broken.set(false);
         let runtime = &self.runtime;
         let (client, connection) = runtime
-            .block_on(self.config.connect(NoTls))
+            .block_on(self.config.connect(self.tls.clone()))
             .map_err(ConnectFailure::Postgres)?;
         runtime.spawn(async move {
             if let Err(err) = connection.await {

@@ -268,7 +268,7 @@ impl Bench {
             ));
             let seed_time = block_on(seed(
                 async {
-                    PostgresStore::open(&url)
+                    PostgresStore::open(&url, None)
                         .await
                         .expect("open the PostgreSQL store to seed")
                 },

@@ -18,7 +18,9 @@ use crate::store::{PolicyQuery, Store, StoreError, Write, WriteOutcome};
 const SEEN_WITHIN: Duration = Duration::from_secs(10);
 
 async fn replica(schema: &TestSchema, listen: bool) -> PostgresStore {
-    PostgresStore::open_config_with(schema.config(), listen)
+    let config = schema.config();
+    let tls = super::super::tls::for_config(&config).unwrap();
+    PostgresStore::open_config_with(config, tls, listen)
         .await
         .unwrap()
 }
