@@ -375,12 +375,14 @@ impl From<Error> for tonic::Status {
                 let message = format!(
                     "{principal} ({held}) may not call {method}: it needs the {needed} role"
                 );
-                let metadata = metadata_of([
+                let mut metadata = metadata_of([
                     ("principal", principal),
-                    ("role", role.map_or(String::new(), |role| role.to_string())),
                     ("method", method),
                     ("required_role", needed.to_string()),
                 ]);
+                if let Some(role) = role {
+                    metadata.insert("role".to_owned(), role.to_string());
+                }
                 (
                     Code::PermissionDenied,
                     "PERMISSION_DENIED",

@@ -377,6 +377,29 @@ async fn certificate_principals_get_roles_from_the_tokens_file() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    // ... and the revision records it as its actor.
+    let mut client = ProvisionPolicyServiceClient::new(reports.clone());
+    let entitlement = common::entitlement("app", "audited");
+    let mut request = tonic::Request::new(common::set_request(
+        common::resource(entitlement.clone(), common::webhook("hook")),
+        "",
+    ));
+    request.metadata_mut().insert(
+        "authorization",
+        MetadataValue::try_from(format!("Bearer {WRITER}")).unwrap(),
+    );
+    let written = client
+        .set_provision_policy(request)
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(written.policy.unwrap().actor, "bob");
+    let got = client
+        .get_provision_policy(common::get_request(entitlement, 0))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(got.policy.unwrap().actor, "bob");
     // A verified certificate the file does not name: known, but without a role.
     let nobody = tls_channel(port, &secure.ca, Some(&clients.client("nobody")))
         .await

@@ -65,11 +65,13 @@ impl Security {
     /// Reloads on SIGHUP and on change until aborted.
     pub fn spawn_reloader(self: &Arc<Self>, interval: Duration) -> tokio::task::JoinHandle<()> {
         let security = Arc::clone(self);
+        // Installed before this returns (and so before the `listening` line): a SIGHUP sent
+        // right after start must reload, not take the default action and end the process.
+        #[cfg(unix)]
+        let mut hangup =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
         tokio::spawn(async move {
             let mut seen = security.fingerprints();
-            #[cfg(unix)]
-            let mut hangup =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()).ok();
             let mut tick = tokio::time::interval(interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
