@@ -202,6 +202,10 @@ async fn grpcurl_and_python_call_an_mtls_server_with_tokens() {
     .to_string();
     let paths = [&ca, &client_cert, &client_key].map(|p| p.to_str().unwrap().to_owned());
     let (port2, paths2) = (port.clone(), paths.clone());
+    let table: String = METHOD_ROLES
+        .iter()
+        .map(|(method, role)| format!("{method}={role} "))
+        .collect();
     tokio::task::spawn_blocking(move || {
         let script = repo().join("tests/clients/grpcurl_security.sh");
         let grpcurl = grpcurl.to_string_lossy().into_owned();
@@ -215,7 +219,19 @@ async fn grpcurl_and_python_call_an_mtls_server_with_tokens() {
             tokens[1].3,
             tokens[0].3,
         ];
-        run(Path::new("bash"), &args);
+        let output = Command::new("bash")
+            .args(args)
+            .env("ROLE_TABLE", table)
+            .env("ADMIN_TOKEN", tokens[2].3)
+            .output()
+            .expect("run grpcurl");
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(
+            output.status.success(),
+            "grpcurl_security.sh failed:\n{stdout}\n{stderr}"
+        );
+        println!("{stdout}");
     })
     .await
     .expect("grpcurl");

@@ -122,3 +122,55 @@ pub fn principal_of(certificate: &CertificateDer<'_>) -> Option<String> {
             _ => None,
         })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, DistinguishedName, DnType, KeyPair};
+
+    fn certificate(subject: Option<&str>, names: Vec<String>) -> CertificateDer<'static> {
+        let mut params = CertificateParams::new(names).unwrap();
+        params.distinguished_name = DistinguishedName::new();
+        if let Some(cn) = subject {
+            params.distinguished_name.push(DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(DnType::OrganizationName, "Acme");
+        }
+        let key = KeyPair::generate().unwrap();
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn the_principal_is_the_subject_else_the_first_name() {
+        let named = certificate(Some("payments"), vec!["svc.internal".to_owned()]);
+        assert_eq!(principal_of(&named).as_deref(), Some("CN=payments, O=Acme"));
+        let bare = certificate(None, vec!["svc.internal".to_owned(), "other".to_owned()]);
+        assert_eq!(principal_of(&bare).as_deref(), Some("svc.internal"));
+        assert_eq!(principal_of(&CertificateDer::from(vec![1, 2, 3])), None);
+    }
+
+    #[test]
+    fn a_key_of_another_certificate_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+        let params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+        let pair = KeyPair::generate().unwrap();
+        std::fs::write(&cert, params.self_signed(&pair).unwrap().pem()).unwrap();
+        std::fs::write(&key, KeyPair::generate().unwrap().serialize_pem()).unwrap();
+        let files = TlsFiles {
+            cert: cert.clone(),
+            key: key.clone(),
+            client_ca: None,
+        };
+        assert!(
+            matches!(load(&files), Err(TlsError::Pair(_))),
+            "a mismatched pair loaded"
+        );
+        std::fs::write(&key, pair.serialize_pem()).unwrap();
+        load(&files).unwrap();
+        std::fs::write(&cert, "not pem").unwrap();
+        let error = load(&files).unwrap_err().to_string();
+        assert!(error.contains("--tls-cert"), "{error}");
+    }
+}
