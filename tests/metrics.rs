@@ -261,3 +261,66 @@ async fn postgres_metrics_show_the_database_counts_and_the_pool() {
     assert!(observed.terminate().0.success());
     assert!(other.terminate().0.success());
 }
+
+/// The value of the sample line `name{labels} value` in a scrape, 0 when absent.
+fn sample(body: &str, series: &str) -> f64 {
+    body.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0.0)
+}
+
+/// Many streams following the head cost one read of the change log per change, not one per
+/// stream per change: the store's own read counter says so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watch_streams_share_one_read_of_each_change() {
+    const STREAMS: usize = 200;
+    const SETS: usize = 20;
+    let data_dir = tempfile::tempdir().unwrap();
+    let server =
+        match process::start_with_args(data_dir.path(), &["--metrics-listen", "127.0.0.1:0"]) {
+            process::Started::Listening(server) => server,
+            process::Started::Exited { status, log } => panic!("exited {status}: {log:#?}"),
+        };
+    let metrics = server.metrics_address.expect("metrics address");
+    let channel = tonic::transport::Endpoint::from_shared(server.endpoint())
+        .unwrap()
+        .connect()
+        .await
+        .unwrap();
+    let mut client = ProvisionPolicyServiceClient::new(channel.clone());
+    let mut streams = Vec::new();
+    for _ in 0..STREAMS {
+        let mut watcher = ProvisionPolicyServiceClient::new(channel.clone());
+        let stream = watcher
+            .watch_provision_policies(pb::WatchProvisionPoliciesRequest::default())
+            .await
+            .unwrap()
+            .into_inner();
+        streams.push(stream);
+    }
+    let series = "provisiond_store_read_seconds_count{op=\"read_changes\"}";
+    let before = sample(&scrape_until(metrics, |_| true), series);
+    for n in 0..SETS {
+        set_webhook(&mut client, &entitlement("fan", &format!("e{n}")), "hook").await;
+    }
+    for stream in &mut streams {
+        let mut seen = 0;
+        while seen < SETS {
+            let message = tokio::time::timeout(Duration::from_secs(30), stream.message())
+                .await
+                .expect("a change within 30 s")
+                .unwrap()
+                .unwrap();
+            seen += message.changes.len();
+        }
+        assert_eq!(seen, SETS);
+    }
+    let reads = sample(&scrape_until(metrics, |_| true), series) - before;
+    assert!(
+        reads <= (SETS * 4) as f64,
+        "{reads} reads of the change log for {SETS} changes to {STREAMS} streams"
+    );
+    drop(streams);
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}

@@ -2,6 +2,7 @@
 //! response. No rules live here. One module per resource; the trait impl below only routes.
 
 mod bindings;
+mod feed;
 mod plans;
 mod policies;
 mod watch;
@@ -22,6 +23,8 @@ use crate::store::Store;
 /// `ProvisionPolicyService` over any [`Store`].
 pub struct PolicyService<S> {
     store: Arc<S>,
+    /// The change log as the watch streams read it: one store read per entry for all of them.
+    feed: Arc<feed::ChangeFeed<S>>,
     /// Turns true when the server starts shutting down: watch streams then end.
     shutdown: signal::Receiver<bool>,
     /// Where the violations of Validate and Set are counted, when the server has metrics.
@@ -34,17 +37,14 @@ impl<S: Store> PolicyService<S> {
         let (never, shutdown) = signal::channel(false);
         // Dropped senders leave the value as it is: streams never see a shutdown.
         drop(never);
-        Self {
-            store,
-            shutdown,
-            metrics: None,
-        }
+        Self::with_shutdown(store, shutdown)
     }
 
     /// A service whose watch streams end with a final checkpoint and UNAVAILABLE
     /// (SHUTTING_DOWN) once `shutdown` turns true.
     pub fn with_shutdown(store: Arc<S>, shutdown: signal::Receiver<bool>) -> Self {
         Self {
+            feed: Arc::new(feed::ChangeFeed::new(Arc::clone(&store))),
             store,
             shutdown,
             metrics: None,
@@ -184,6 +184,7 @@ impl<S: Store> ProvisionPolicyService for PolicyService<S> {
         request: Request<pb::WatchProvisionPoliciesRequest>,
     ) -> Result<Response<Self::WatchProvisionPoliciesStream>, Status> {
         let (store, shutdown) = (Arc::clone(&self.store), self.shutdown.clone());
-        respond(watch::open(store, request.into_inner(), shutdown).await)
+        let feed = Arc::clone(&self.feed);
+        respond(watch::open(store, feed, request.into_inner(), shutdown).await)
     }
 }

@@ -18,6 +18,7 @@ use tokio_stream::Stream;
 use tonic::Status;
 
 use super::cursor_of;
+use super::feed::ChangeFeed;
 use crate::error::Error;
 use crate::pb;
 use crate::pb::policy_change::Kind;
@@ -40,6 +41,7 @@ type Item = Result<pb::WatchProvisionPoliciesResponse, Status>;
 /// any message, so a client cannot mistake it for an empty stream.
 pub(super) async fn open<S: Store>(
     store: Arc<S>,
+    feed: Arc<ChangeFeed<S>>,
     request: pb::WatchProvisionPoliciesRequest,
     shutdown: signal::Receiver<bool>,
 ) -> Result<ChangeStream, Error> {
@@ -68,6 +70,7 @@ pub(super) async fn open<S: Store>(
     let (sender, receiver) = mpsc::channel(QUEUE);
     let watcher = Watcher {
         store,
+        feed,
         spec,
         position: start,
         sender,
@@ -121,6 +124,7 @@ enum Stop {
 
 struct Watcher<S> {
     store: Arc<S>,
+    feed: Arc<ChangeFeed<S>>,
     spec: WatchSpec,
     /// Every log entry up to here has been read (and sent, when it matched).
     position: u64,
@@ -190,8 +194,8 @@ impl<S: Store> Watcher<S> {
                 return Err(Stop::Shutdown);
             }
             let sets = self
-                .store
-                .read_changes(self.position, BATCH)
+                .feed
+                .read(self.position, BATCH)
                 .await
                 .map_err(|error| Stop::Failed(error.into()))?;
             let more = sets.len() == BATCH;
@@ -321,6 +325,7 @@ mod tests {
         let request = pb::WatchProvisionPoliciesRequest::default();
         let watcher = Watcher {
             spec: lifecycle::parse_watch_request(&request, store.store_id()).unwrap(),
+            feed: Arc::new(ChangeFeed::new(store.clone())),
             store: store.clone(),
             position: start,
             sender,
