@@ -106,6 +106,8 @@ pub(super) enum Failure {
     BlockingTask(#[source] tokio::task::JoinError),
     #[error("a stored resource does not decode")]
     Decode(#[source] prost::DecodeError),
+    #[error("the stored current revision did not decode when the store opened")]
+    Undecodable,
     #[error("a stored time ({0} µs) is out of range")]
     Time(i64),
     #[error("a change log position ({0}) is out of range")]
@@ -125,6 +127,7 @@ impl From<Failure> for StoreError {
             | Failure::CheckPanicked
             | Failure::BlockingTask(_)
             | Failure::Decode(_)
+            | Failure::Undecodable
             | Failure::Time(_)
             | Failure::Sequence(_)
             | Failure::Change(_) => StoreError::Internal(Box::new(failure)),

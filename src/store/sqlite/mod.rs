@@ -6,6 +6,7 @@
 //! code of unbounded cost) and `list_bindings` (a caller-sized page) on a blocking thread.
 //! An exclusive lock file keeps a second process off the data dir.
 
+mod current;
 mod dependants;
 mod error;
 mod lookup;
@@ -22,6 +23,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use self::current::Current;
 use self::dependants::Dependants;
 use self::error::Failure;
 pub use self::error::OpenError;
@@ -53,6 +55,8 @@ pub struct SqliteStore {
     store_id: String,
     head: HeadPublisher,
     graph: Arc<Dependants>,
+    /// The current revision of every live policy: what a Get of the current revision answers.
+    current: Arc<Current>,
     data_dir: std::path::PathBuf,
     metrics: StoreMetrics,
 }
@@ -78,9 +82,19 @@ impl SqliteStore {
             path: path.clone(),
             source: err.into(),
         })?);
+        let current = Arc::new(Current::load(&conn).map_err(|err| OpenError::Log {
+            path: path.clone(),
+            source: Box::new(err),
+        })?);
         let metrics = StoreMetrics::new();
-        let writer = Writer::spawn(conn, head.clone(), Arc::clone(&graph), metrics.clone())
-            .map_err(OpenError::Spawn)?;
+        let writer = Writer::spawn(
+            conn,
+            head.clone(),
+            Arc::clone(&graph),
+            Arc::clone(&current),
+            metrics.clone(),
+        )
+        .map_err(OpenError::Spawn)?;
         Ok(Self {
             writer,
             readers: ReadPool::new(path),
@@ -88,6 +102,7 @@ impl SqliteStore {
             store_id,
             head,
             graph,
+            current,
             data_dir: data_dir.to_owned(),
             metrics,
         })
@@ -124,10 +139,16 @@ impl Store for SqliteStore {
         entitlement: &pb::EntitlementRef,
         revision: Option<i64>,
     ) -> Result<Option<StoredRevision>, StoreError> {
-        self.readers.read(|conn| match revision {
-            None => queries::current(conn, entitlement),
-            Some(revision) => queries::at_revision(conn, entitlement, revision),
-        })
+        match revision {
+            // From memory: the writer keeps it current as it commits.
+            None => {
+                self.readers.check_open()?;
+                self.current.get(entitlement)
+            }
+            Some(revision) => self
+                .readers
+                .read(|conn| queries::at_revision(conn, entitlement, revision)),
+        }
     }
 
     /// The write is queued when this is called, before the future is first polled.

@@ -5,6 +5,7 @@
 use prost::Message;
 use rusqlite::Connection;
 
+use super::current::CurrentChange;
 use super::dependants::EdgeChange;
 use super::error::Failure;
 use super::lookup::run_check;
@@ -36,6 +37,13 @@ impl Operation for Write {
             key: self.resource.entitlement.clone()?,
             targets: self.delegation_targets.clone(),
         })
+    }
+
+    fn current(_key: &pb::EntitlementRef, output: &WriteOutcome) -> Option<CurrentChange> {
+        match output {
+            WriteOutcome::Written { record, .. } => Some(CurrentChange::Put(record.clone())),
+            WriteOutcome::Rejected { .. } => None,
+        }
     }
 
     /// Preconditions, implicit bindings, check, then the new record, its delegation edges and
@@ -109,6 +117,13 @@ impl Operation for Delete {
             key: self.entitlement.clone(),
             targets: Vec::new(),
         })
+    }
+
+    fn current(key: &pb::EntitlementRef, output: &DeleteOutcome) -> Option<CurrentChange> {
+        match output {
+            DeleteOutcome::Deleted { .. } => Some(CurrentChange::Removed(key.clone())),
+            DeleteOutcome::Missing => None,
+        }
     }
 
     /// Preconditions, dependants, then the tombstone: the head's resource replaced by the bare

@@ -58,6 +58,35 @@ pub(super) fn current(
     row.map(RawRevision::decode).transpose()
 }
 
+/// Every live current revision by its key, for the in-memory state at open; a row that does
+/// not decode is its error, not the whole read's.
+#[allow(clippy::type_complexity)]
+pub(super) fn all_current(
+    conn: &Connection,
+) -> Result<Vec<(pb::EntitlementRef, Result<StoredRevision, StoreError>)>, StoreError> {
+    let mut stmt = conn.prepare(
+        "SELECT p.resource, p.revision, p.create_time, p.update_time, r.change_seq,
+                r.actor, r.change_cause, p.app_id, p.entitlement_id
+         FROM policies AS p
+         JOIN revisions AS r
+           ON r.app_id = p.app_id AND r.entitlement_id = p.entitlement_id
+          AND r.revision = p.revision
+         WHERE NOT p.deleted",
+    )?;
+    let rows = stmt.query_map([], |row| {
+        let key = pb::EntitlementRef {
+            app_id: row.get(7)?,
+            entitlement_id: row.get(8)?,
+        };
+        Ok((key, RawRevision::from_row(row)?))
+    })?;
+    rows.map(|row| {
+        let (key, raw) = row?;
+        Ok((key, raw.decode()))
+    })
+    .collect()
+}
+
 /// One statement, so the revision and the create time (that of revision 1) come from one
 /// snapshot.
 pub(super) fn at_revision(

@@ -81,6 +81,14 @@ impl ReadPool {
         state.idle.clear();
     }
 
+    /// Refuses with what a read would answer once the store is closed.
+    pub(super) fn check_open(&self) -> Result<(), StoreError> {
+        if self.state().closed {
+            return Err(Failure::Closed.into());
+        }
+        Ok(())
+    }
+
     fn state(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }

@@ -580,13 +580,21 @@ async fn a_stored_resource_that_does_not_decode_is_internal() {
     let dir = TempDir::new().unwrap();
     let store = SqliteStore::open(dir.path()).unwrap();
     written(&store, put(resource(&key(0), "hook"))).await;
+    written(&store, put(resource(&key(1), "hook"))).await;
+    store.close().await.unwrap();
     side_connection(dir.path())
-        .execute("UPDATE policies SET resource = x'ffffffff'", [])
+        .execute(
+            "UPDATE policies SET resource = x'ffffffff' WHERE entitlement_id = ?1",
+            [&key(0).entitlement_id],
+        )
         .unwrap();
+    // The store opens, serves the rest, and fails only the Get of the bad row.
+    let store = SqliteStore::open(dir.path()).unwrap();
     match store.get(&key(0), None).await {
         Err(err @ StoreError::Internal(_)) => assert_eq!(err.to_string(), "storage failure"),
         other => panic!("expected Internal, got {other:?}"),
     }
+    assert!(store.get(&key(1), None).await.unwrap().is_some());
 }
 
 #[tokio::test]
@@ -902,11 +910,12 @@ async fn an_older_database_gets_a_change_log_of_its_revisions_in_write_order() {
     );
 }
 
-/// The in-memory graph behind `has_dependants` against the table, after a random mix of
-/// delegating writes, deletes, and writes that do not stand (rejected, validate-only, stale),
-/// and after a reopen that loads it from the table.
+/// The in-memory state (the graph behind `has_dependants`, the current revisions a Get
+/// answers) against the tables, after a random mix of delegating writes, deletes, binding
+/// changes, and writes that do not stand (rejected, validate-only, stale), and after a reopen
+/// that loads it from the tables.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_in_memory_dependants_agree_with_the_table_after_random_writes() {
+async fn the_in_memory_state_agrees_with_the_tables_after_random_writes() {
     let dir = TempDir::new().unwrap();
     let keys: Vec<pb::EntitlementRef> = (0..6).map(key).collect();
     let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
@@ -923,6 +932,9 @@ async fn the_in_memory_dependants_agree_with_the_table_after_random_writes() {
             let table = super::queries::has_dependants(&side, key).unwrap();
             let memory = futures_block(store.has_dependants(key)).unwrap();
             assert_eq!(memory, table, "{when}: {key:?}");
+            let stored = super::queries::current(&side, key).unwrap();
+            let current = futures_block(store.get(key, None)).unwrap();
+            assert_eq!(current, stored, "{when}: the current revision of {key:?}");
             depended_on += usize::from(memory);
         }
         depended_on
@@ -936,7 +948,7 @@ async fn the_in_memory_dependants_agree_with_the_table_after_random_writes() {
             .collect();
         let targets: Vec<_> = targets.into_iter().filter(|t| t != owner).collect();
         let write = delegating(owner, targets);
-        let outcome = match next(5) {
+        let outcome = match next(6) {
             0 => store
                 .delete(crate::store::Delete {
                     entitlement: owner.clone(),
@@ -969,6 +981,23 @@ async fn the_in_memory_dependants_agree_with_the_table_after_random_writes() {
                 })
                 .await
                 .map(|_| ()),
+            4 => {
+                let source = keys[next(6) as usize].clone();
+                match store
+                    .create_binding(source.clone(), owner.clone(), false)
+                    .await
+                {
+                    Err(StoreError::AlreadyExists) => store
+                        .delete_binding(source, owner.clone())
+                        .await
+                        .map(|_| ())
+                        .or_else(|err| match err {
+                            StoreError::InUse { .. } => Ok(()),
+                            other => Err(other),
+                        }),
+                    other => other.map(|_| ()),
+                }
+            }
             _ => store.write(write).await.map(|_| ()),
         };
         match outcome {
@@ -983,9 +1012,12 @@ async fn the_in_memory_dependants_agree_with_the_table_after_random_writes() {
         seen_depended_on > 100,
         "the mix builds a graph: {seen_depended_on}"
     );
+    let live = store.current.len();
+    assert!(live > 0, "the mix leaves live policies");
     store.close().await.unwrap();
     let reopened = SqliteStore::open(dir.path()).unwrap();
     agree(&reopened, &keys, "after reopen");
+    assert_eq!(reopened.current.len(), live);
 }
 
 /// Polls a future that is ready at once (an in-memory answer) without a runtime.

@@ -13,6 +13,7 @@ use std::time::Instant;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::current::{Current, CurrentChange};
 use super::dependants::{Dependants, EdgeChange};
 use super::error::{self, Failure};
 use super::queries;
@@ -30,6 +31,12 @@ pub(super) trait Operation: Send + 'static {
 
     /// The delegation edges the operation leaves its key with, if it stands and changes them.
     fn edges(&self) -> Option<EdgeChange> {
+        None
+    }
+
+    /// What the operation, once it stood, did to the current revision of `key` (the key of
+    /// its edges).
+    fn current(_key: &crate::pb::EntitlementRef, _output: &Self::Output) -> Option<CurrentChange> {
         None
     }
 
@@ -65,6 +72,8 @@ pub(super) trait Staged: Send {
     fn is_err(&self) -> bool;
     /// The edges of an operation that stood, for the in-memory graph once the batch commits.
     fn take_edges(&mut self) -> Option<EdgeChange>;
+    /// What an operation that stood did to the current revisions, once the batch commits.
+    fn take_current(&mut self) -> Option<CurrentChange>;
     /// Sends the answer as staged.
     fn send(self: Box<Self>);
     /// Sends `err` instead.
@@ -80,6 +89,7 @@ struct Reply<T> {
     reply: oneshot::Sender<Result<T, StoreError>>,
     answer: Result<T, StoreError>,
     edges: Option<EdgeChange>,
+    current: Option<CurrentChange>,
 }
 
 impl<O: Operation> Queued for Request<O> {
@@ -90,11 +100,16 @@ impl<O: Operation> Queued for Request<O> {
             Ok((output, kept)) => (Ok(output), kept),
             Err(err) => (Err(err), false),
         };
+        let current = match (&answer, &edges) {
+            (Ok(output), Some(edges)) if kept => O::current(&edges.key, output),
+            _ => None,
+        };
         let edges = edges.filter(|_| kept);
         Box::new(Reply {
             reply,
             answer,
             edges,
+            current,
         })
     }
 
@@ -115,6 +130,10 @@ impl<T: Send> Staged for Reply<T> {
 
     fn take_edges(&mut self) -> Option<EdgeChange> {
         self.edges.take()
+    }
+
+    fn take_current(&mut self) -> Option<CurrentChange> {
+        self.current.take()
     }
 
     fn send(self: Box<Self>) {
@@ -156,6 +175,7 @@ impl Writer {
         conn: Connection,
         head: HeadPublisher,
         graph: Arc<Dependants>,
+        current: Arc<Current>,
         metrics: StoreMetrics,
     ) -> std::io::Result<Self> {
         let (jobs, queue) = mpsc::channel();
@@ -168,6 +188,7 @@ impl Writer {
                     let committed = Committed {
                         head,
                         graph,
+                        current,
                         metrics,
                     };
                     run(conn, &queue, &commits, &committed)
@@ -235,6 +256,7 @@ impl Drop for Writer {
 struct Committed {
     head: HeadPublisher,
     graph: Arc<Dependants>,
+    current: Arc<Current>,
     metrics: StoreMetrics,
 }
 
@@ -347,6 +369,11 @@ fn answer(
             learners
                 .graph
                 .apply(answers.iter_mut().filter_map(|answer| answer.take_edges()));
+            learners.current.apply(
+                answers
+                    .iter_mut()
+                    .filter_map(|answer| answer.take_current()),
+            );
             match queries::log_state(conn) {
                 Ok((_, seq)) => learners.head.advance(seq),
                 // Watchers catch up with the next commit; the writes stand regardless.
