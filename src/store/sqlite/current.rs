@@ -16,7 +16,7 @@ use crate::store::{StoreError, StoredRevision};
 /// What a committed operation did to its entitlement's current revision.
 #[derive(Debug, Clone)]
 pub(super) enum CurrentChange {
-    Put(StoredRevision),
+    Put(Box<StoredRevision>),
     Removed(pb::EntitlementRef),
 }
 
@@ -76,7 +76,7 @@ impl Current {
             match change {
                 CurrentChange::Put(record) => {
                     if let Some(key) = record.resource.entitlement.clone() {
-                        policies.insert(key, Entry::Live(Arc::new(record)));
+                        policies.insert(key, Entry::Live(Arc::from(record)));
                     }
                 }
                 CurrentChange::Removed(key) => {

@@ -41,7 +41,9 @@ impl Operation for Write {
 
     fn current(_key: &pb::EntitlementRef, output: &WriteOutcome) -> Option<CurrentChange> {
         match output {
-            WriteOutcome::Written { record, .. } => Some(CurrentChange::Put(record.clone())),
+            WriteOutcome::Written { record, .. } => {
+                Some(CurrentChange::Put(Box::new(record.clone())))
+            }
             WriteOutcome::Rejected { .. } => None,
         }
     }
