@@ -168,7 +168,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_callers_trace_id_is_on_the_span_without_an_exporter() {
+    fn the_traceparent_header_is_read_as_the_parent() {
         let mut headers = HeaderMap::new();
         headers.insert(
             "traceparent",
