@@ -62,6 +62,12 @@ pub struct Config {
     #[arg(long, env = "PROVISIOND_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
 
+    /// OTLP/gRPC endpoint to export trace spans to (e.g. `http://127.0.0.1:4317`, an
+    /// OpenTelemetry Collector); off when unset. One span per RPC, its parent the caller's W3C
+    /// `traceparent`, with child spans for validation, the store write and its commit.
+    #[arg(long, env = "PROVISIOND_OTLP_ENDPOINT")]
+    pub otlp_endpoint: Option<String>,
+
     /// How long shutdown waits for in-flight RPCs before closing the store, in seconds.
     #[arg(long, env = "PROVISIOND_SHUTDOWN_GRACE_SECONDS", default_value_t = 10)]
     pub shutdown_grace_seconds: u64,
@@ -174,6 +180,7 @@ impl Config {
             reflection: true,
             health_probe_interval: Duration::from_secs(5),
             metrics_listen: None,
+            otlp_endpoint: None,
             shutdown_grace_seconds: 10,
             tls_cert: None,
             tls_key: None,
@@ -227,6 +234,12 @@ mod tests {
         assert_eq!(config.metrics_listen, None);
         let metered = Config::parse_from(["provisiond", "--metrics-listen", "127.0.0.1:0"]);
         assert_eq!(metered.metrics_listen, Some("127.0.0.1:0".parse().unwrap()));
+        assert_eq!(config.otlp_endpoint, None);
+        let traced = Config::parse_from(["provisiond", "--otlp-endpoint", "http://127.0.0.1:4317"]);
+        assert_eq!(
+            traced.otlp_endpoint.as_deref(),
+            Some("http://127.0.0.1:4317")
+        );
     }
 
     impl Config {

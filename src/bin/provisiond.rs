@@ -6,10 +6,13 @@ use std::process::ExitCode;
 use std::io::Read;
 
 use clap::Parser;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use provisiond::config::{Command, Config, LogFormat};
 use provisiond::server::principal::Role;
 use provisiond::server::tokens;
 use tracing_subscriber::EnvFilter;
+use tracing_subscriber::prelude::*;
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -17,7 +20,33 @@ async fn main() -> ExitCode {
     if let Some(Command::HashToken { name, role }) = &config.command {
         return hash_token(name, role);
     }
-    init_tracing(&config);
+    let tracer_provider = match config
+        .otlp_endpoint
+        .as_deref()
+        .map(provisiond::server::trace::otlp_tracer_provider)
+    {
+        None => None,
+        Some(Ok(provider)) => Some(provider),
+        Some(Err(error)) => {
+            eprintln!("cannot export traces to --otlp-endpoint: {error}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(&config, tracer_provider.as_ref());
+    let code = run(&config).await;
+    if let Some(provider) = tracer_provider {
+        // Sends the last batch: blocking, so off the runtime's workers (the export itself
+        // runs on the runtime).
+        match tokio::task::spawn_blocking(move || provider.shutdown()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(error)) => tracing::warn!(%error, "cannot flush the last trace spans"),
+            Err(error) => tracing::warn!(%error, "cannot flush the last trace spans"),
+        }
+    }
+    code
+}
+
+async fn run(config: &Config) -> ExitCode {
     let listener = match tokio::net::TcpListener::bind(config.listen).await {
         Ok(listener) => listener,
         Err(error) => {
@@ -25,7 +54,7 @@ async fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match provisiond::server::serve(listener, &config, shutdown_signal()).await {
+    match provisiond::server::serve(listener, config, shutdown_signal()).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "provisiond stopped");
@@ -57,7 +86,9 @@ fn hash_token(name: &str, role: &str) -> ExitCode {
     }
 }
 
-fn init_tracing(config: &Config) {
+/// Logs to stderr (text or JSON); with a tracer provider, spans are exported too. The one
+/// filter (`--log`) decides for both.
+fn init_tracing(config: &Config, tracer_provider: Option<&SdkTracerProvider>) {
     let filter = EnvFilter::try_new(&config.log).unwrap_or_else(|error| {
         eprintln!(
             "invalid --log filter {:?} ({error}); using `info`",
@@ -66,14 +97,22 @@ fn init_tracing(config: &Config) {
         EnvFilter::new("info")
     });
     // Colours only on a terminal: redirected logs stay plain text.
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+    let log = tracing_subscriber::fmt::layer()
         .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
-    match config.log_format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
+    // JSON lines carry the fields of their spans (`span`, `spans`): the RPC span's `trace_id`.
+    let log = match config.log_format {
+        LogFormat::Text => log.boxed(),
+        LogFormat::Json => log.json().boxed(),
+    };
+    let spans = tracer_provider.map(|provider| {
+        tracing_opentelemetry::layer().with_tracer(provider.tracer(env!("CARGO_PKG_NAME")))
+    });
+    tracing_subscriber::registry()
+        .with(filter)
+        .with(log)
+        .with(spans)
+        .init();
 }
 
 /// Completes on SIGTERM or ctrl-c (SIGINT).

@@ -1,7 +1,7 @@
 //! `serve`: the one entry point that `main` and the tests use. It opens the store, wires the
 //! policy service, health and reflection, serves until `shutdown`, drains, and closes the store.
-//! Transport concerns are layers around the services, outermost first: metrics, the request
-//! log, auth (`auth.rs` with `roles.rs`), limits; under them all, our own acceptor
+//! Transport concerns are layers around the services, outermost first: the RPC's trace span,
+//! metrics, the request log, auth (`auth.rs` with `roles.rs`), limits; under them all, our own acceptor
 //! (`connections.rs`) terminates TLS so that certificates reload (`reload.rs`).
 
 mod auth;
@@ -15,6 +15,7 @@ pub mod request_log;
 pub mod roles;
 pub mod tls;
 pub mod tokens;
+pub mod trace;
 
 use std::future::Future;
 use std::sync::Arc;
@@ -180,8 +181,10 @@ async fn serve_store<S: Store>(
     };
 
     let reloader = security.spawn_reloader(config.reload_interval);
-    // Outermost first: metrics count every RPC, also those a later layer refuses.
+    // Outermost first: the span holds all the rest; metrics count every RPC, also those a
+    // later layer refuses.
     let layers = tower::ServiceBuilder::new()
+        .layer(trace::TraceLayer)
         .layer(MetricsLayer::new(metrics.clone()))
         .layer(request_log::RequestLogLayer)
         .layer(auth::AuthLayer::new(
@@ -213,7 +216,6 @@ async fn serve_store<S: Store>(
         .max_concurrent_streams(Some(256))
         .http2_max_pending_accept_reset_streams(Some(64))
         .http2_max_header_list_size(MAX_HEADER_LIST_BYTES)
-        .trace_fn(|request| tracing::info_span!("rpc", path = %request.uri().path()))
         .layer(layers)
         .add_service(health_service)
         .add_optional_service(reflection_v1)

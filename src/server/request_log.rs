@@ -72,6 +72,9 @@ where
             principal: None,
             request_id: request_id.clone(),
             started: Instant::now(),
+            // The RPC's span (`trace.rs`, the layer outside this one): the line is written in
+            // it, though the body ends outside it, so that it carries the trace id.
+            span: tracing::Span::current(),
         };
         request.extensions_mut().insert(RequestId(request_id));
         let response = self.inner.call(request);
@@ -119,15 +122,18 @@ struct Entry {
     principal: Option<String>,
     request_id: String,
     started: Instant,
+    span: tracing::Span,
 }
 
 impl Entry {
     fn write(self, code: i32) {
+        let principal = self.principal.as_deref().unwrap_or(ANONYMOUS);
+        super::trace::record_outcome(&self.span, tonic::Code::from_i32(code), principal);
+        let _in_rpc = self.span.enter();
         let code = code_name(code);
         // Microsecond precision is plenty for a log line.
         let duration_ms = (self.started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
         let peer = self.peer.map(|peer| peer.to_string()).unwrap_or_default();
-        let principal = self.principal.as_deref().unwrap_or(ANONYMOUS);
         if self.method.starts_with(HEALTH_PREFIX) {
             tracing::debug!(method = %self.method, code, duration_ms, principal, peer, request_id = %self.request_id, "rpc");
         } else {

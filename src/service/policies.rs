@@ -1,5 +1,7 @@
 //! The policy resource RPCs: get, set, validate, list, delete, history and rollback.
 
+use tracing::Instrument;
+
 use crate::error::Error;
 use crate::pb;
 use crate::policy;
@@ -12,6 +14,17 @@ use crate::store::{
 };
 
 use super::{cursor_of, plans};
+
+/// The static rules in a span of their own, `policy.validate`, with how many violations they
+/// found.
+fn check_static(resource: &pb::EntitlementProvisionPolicy) -> Vec<pb::PolicyViolation> {
+    let span = tracing::info_span!("policy.validate", violations = tracing::field::Empty);
+    let _entered = span.enter();
+    let violations = policy::check_static(resource);
+    // As i64: tracing-opentelemetry exports unsigned fields as strings.
+    span.record("violations", violations.len() as i64);
+    violations
+}
 
 pub(super) async fn get(
     store: &impl Store,
@@ -69,7 +82,7 @@ pub(super) async fn validate(
 ) -> Result<pb::ValidateProvisionPolicyResponse, Error> {
     let mut resource = request.policy.unwrap_or_default();
     clear_output_fields(&mut resource);
-    let mut violations = policy::check_static(&resource);
+    let mut violations = check_static(&resource);
     // The read view (a hop to a blocking thread, most of a Validate's cost) only when there is a
     // delegation to follow; else the count takes one point read.
     let dependent_count = if policy::needs_graph_check(&resource) {
@@ -299,7 +312,7 @@ async fn write(
 ) -> Result<(StoredRevision, Vec<pb::PolicyViolation>), Error> {
     clear_output_fields(&mut resource);
     let entitlement = resource.entitlement.clone().unwrap_or_default();
-    let static_violations = policy::check_static(&resource);
+    let static_violations = check_static(&resource);
     if policy::has_errors(&static_violations) {
         // A read view still finds the graph errors, so the caller sees them all at once.
         let violations = with_graph_violations(store, &resource, static_violations).await?;
@@ -322,7 +335,12 @@ async fn write(
         actor: intent.actor,
         change_cause: intent.change_cause,
     };
-    match store.write(write).await {
+    // Made current for the call, which queues the job at once: the writer takes the span with
+    // the job, records the batch size on it and puts the batch's `store.commit` under it. Its
+    // time is the whole wait: queue, the graph checks in the writer's savepoint, the commit.
+    let span = tracing::info_span!("store.write", batch_size = tracing::field::Empty);
+    let written = span.in_scope(|| store.write(write)).instrument(span).await;
+    match written {
         Ok(WriteOutcome::Written { record, violations }) => Ok((record, violations)),
         Ok(WriteOutcome::Rejected { violations }) => {
             Err(Error::InvalidPolicy(errors_only(violations)))

@@ -323,3 +323,20 @@ pub trait Store: Send + Sync + 'static {
     /// Flushes and closes the backend; called once serving has stopped.
     fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
 }
+
+/// One `store.commit` span under each caller's span, all open until dropped (after the COMMIT):
+/// a batch commits the writes of several RPCs, so each RPC's trace shows the one COMMIT it
+/// waited on, and how many writes shared it (`batch_size`, also put on the caller's span).
+pub(crate) fn commit_spans<'a>(
+    callers: impl ExactSizeIterator<Item = &'a tracing::Span>,
+) -> Vec<tracing::Span> {
+    // As i64: tracing-opentelemetry exports unsigned fields as strings.
+    let batch_size = callers.len() as i64;
+    callers
+        .filter(|caller| !caller.is_none())
+        .map(|caller| {
+            caller.record("batch_size", batch_size);
+            tracing::info_span!(parent: caller, "store.commit", batch_size)
+        })
+        .collect()
+}

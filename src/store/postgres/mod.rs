@@ -195,7 +195,9 @@ impl PostgresStore {
 
     fn submit(&self, op: Op) -> impl Future<Output = Result<Done, StoreError>> + Send + use<> {
         let (reply, answer) = oneshot::channel();
-        let submitted = self.writer.submit(Job::Op(op, reply));
+        let submitted = self
+            .writer
+            .submit(Job::Op(op, reply, tracing::Span::current()));
         async move {
             submitted?;
             answer.await.map_err(|_| Failure::WriterStopped)?

@@ -96,7 +96,8 @@ pub(super) type Reply = oneshot::Sender<Result<Done, StoreError>>;
     reason = "the small variant exists only in tests"
 )]
 pub(super) enum Job {
-    Op(Op, Reply),
+    /// With the caller's span, so that the commit shows in the caller's trace.
+    Op(Op, Reply, tracing::Span),
     /// Runs on the writer thread between batches: lets tests hold the writer or reach its
     /// session.
     #[cfg(test)]
@@ -789,7 +790,11 @@ impl Session {
 
     /// Commits the batch and answers it. A COMMIT that fails, or whose answer is lost with the
     /// connection, fails every job: an outcome we cannot know is never acknowledged.
-    fn commit(&mut self, answers: Vec<(Reply, Result<Done, StoreError>)>, commits: &AtomicU64) {
+    fn commit(
+        &mut self,
+        answers: Vec<(Reply, Result<Done, StoreError>, tracing::Span)>,
+        commits: &AtomicU64,
+    ) {
         #[cfg(test)]
         if let (Some(hook), Some(pid)) = (self.before_commit.take(), self.pid()) {
             hook(pid);
@@ -800,8 +805,11 @@ impl Session {
             Some(_) => conn.notify_and_commit.as_str(),
             None => "COMMIT",
         };
+        let commit_spans = crate::store::commit_spans(answers.iter().map(|(_, _, span)| span));
         let started = Instant::now();
-        match self.block(conn.client.batch_execute(commit)) {
+        let committed = self.block(conn.client.batch_execute(commit));
+        drop(commit_spans);
+        match committed {
             Ok(()) => {
                 commits.fetch_add(1, Ordering::Relaxed);
                 self.metrics.committed(answers.len(), started.elapsed());
@@ -809,7 +817,7 @@ impl Session {
                 if let Some(seq) = last_seq {
                     self.head.advance(seq);
                 }
-                for (reply, answer) in answers {
+                for (reply, answer, _) in answers {
                     // The caller may have gone away; its write stands regardless.
                     let _ = reply.send(answer);
                 }
@@ -822,7 +830,7 @@ impl Session {
                 );
                 // A failed NOTIFY would leave the transaction open: end it either way.
                 self.abandon();
-                answer_all_failed(answers.into_iter().map(|(reply, _)| reply), err);
+                answer_all_failed(answers.into_iter().map(|(reply, _, _)| reply), err);
             }
         }
     }
@@ -836,11 +844,11 @@ fn run(mut session: Session, queue: &Receiver<Job>, commits: &AtomicU64) {
     let mut next = None;
     while let Some(job) = next.take().or_else(|| queue.recv().ok()) {
         match job {
-            Job::Op(op, reply) => {
-                let mut batch = vec![(op, reply)];
+            Job::Op(op, reply, span) => {
+                let mut batch = vec![(op, reply, span)];
                 while batch.len() < MAX_BATCH {
                     match queue.try_recv() {
-                        Ok(Job::Op(op, reply)) => batch.push((op, reply)),
+                        Ok(Job::Op(op, reply, span)) => batch.push((op, reply, span)),
                         #[cfg(test)]
                         Ok(other) => {
                             next = Some(other);
@@ -858,7 +866,11 @@ fn run(mut session: Session, queue: &Receiver<Job>, commits: &AtomicU64) {
     session.close();
 }
 
-fn commit_batch(session: &mut Session, batch: Vec<(Op, Reply)>, commits: &AtomicU64) {
+fn commit_batch(
+    session: &mut Session,
+    batch: Vec<(Op, Reply, tracing::Span)>,
+    commits: &AtomicU64,
+) {
     let mut jobs = batch.into_iter();
     // Normally one transaction; another only if the first was lost mid-batch.
     while jobs.len() > 0 {
@@ -867,13 +879,13 @@ fn commit_batch(session: &mut Session, batch: Vec<(Op, Reply)>, commits: &Atomic
                 error = &err as &dyn std::error::Error,
                 "cannot start a PostgreSQL write transaction"
             );
-            return answer_all_failed(jobs.map(|(_, reply)| reply), err);
+            return answer_all_failed(jobs.map(|(_, reply, _)| reply), err);
         }
         let mut answers = Vec::with_capacity(jobs.len());
         let mut lost = None;
-        for (op, reply) in jobs.by_ref() {
+        for (op, reply, span) in jobs.by_ref() {
             match session.apply(op) {
-                Step::Applied(answer) => answers.push((reply, answer)),
+                Step::Applied(answer) => answers.push((reply, answer, span)),
                 Step::Lost(err) => {
                     lost = Some((reply, err));
                     break;
@@ -891,7 +903,7 @@ fn commit_batch(session: &mut Session, batch: Vec<(Op, Reply)>, commits: &Atomic
         let _ = reply.send(Err(cause));
         // Their writes went with the transaction, and their checks are spent: they fail too.
         // The jobs not yet run get a fresh transaction.
-        for (reply, _) in answers {
+        for (reply, _, _) in answers {
             let rolled_back = Failure::BatchRolledBack;
             let _ = reply.send(Err(if unavailable {
                 StoreError::Unavailable(Box::new(rolled_back))

@@ -78,11 +78,14 @@ pub(super) trait Staged: Send {
     fn send(self: Box<Self>);
     /// Sends `err` instead.
     fn fail(self: Box<Self>, err: StoreError);
+    /// The caller's span when it queued the operation.
+    fn span(&self) -> &tracing::Span;
 }
 
 struct Request<O: Operation> {
     operation: O,
     reply: oneshot::Sender<Result<O::Output, StoreError>>,
+    span: tracing::Span,
 }
 
 struct Reply<T> {
@@ -90,11 +93,16 @@ struct Reply<T> {
     answer: Result<T, StoreError>,
     edges: Option<EdgeChange>,
     current: Option<CurrentChange>,
+    span: tracing::Span,
 }
 
 impl<O: Operation> Queued for Request<O> {
     fn apply(self: Box<Self>, tx: &mut Transaction<'_>) -> Box<dyn Staged> {
-        let Request { operation, reply } = *self;
+        let Request {
+            operation,
+            reply,
+            span,
+        } = *self;
         let edges = operation.edges();
         let (answer, kept) = match in_savepoint(tx, operation) {
             Ok((output, kept)) => (Ok(output), kept),
@@ -110,6 +118,7 @@ impl<O: Operation> Queued for Request<O> {
             answer,
             edges,
             current,
+            span,
         })
     }
 
@@ -143,6 +152,10 @@ impl<T: Send> Staged for Reply<T> {
 
     fn fail(self: Box<Self>, err: StoreError) {
         let _ = self.reply.send(Err(err));
+    }
+
+    fn span(&self) -> &tracing::Span {
+        &self.span
     }
 }
 
@@ -207,7 +220,13 @@ impl Writer {
         operation: O,
     ) -> Result<Answer<O::Output>, StoreError> {
         let (reply, answer) = oneshot::channel();
-        self.submit(Job::Batched(Box::new(Request { operation, reply })))?;
+        // The caller's span goes with the job, so that its commit shows in the caller's trace.
+        let span = tracing::Span::current();
+        self.submit(Job::Batched(Box::new(Request {
+            operation,
+            reply,
+            span,
+        })))?;
         Ok(answer)
     }
 
@@ -328,8 +347,10 @@ fn commit_batch(
             answers.push(answer);
         }
         let Some(lost) = lost else {
+            let commit_spans = crate::store::commit_spans(answers.iter().map(|a| a.span()));
             let started = Instant::now();
             let committed = tx.commit();
+            drop(commit_spans);
             if committed.is_ok() {
                 head.metrics.committed(answers.len(), started.elapsed());
             }
