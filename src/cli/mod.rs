@@ -9,6 +9,9 @@
 
 pub mod connect;
 pub mod exit;
+pub mod files;
+pub mod locate;
+pub mod output;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
