@@ -12,6 +12,7 @@ pub mod exit;
 pub mod files;
 pub mod locate;
 pub mod output;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -222,6 +223,10 @@ async fn run(cli: Cli) -> Exit {
             clap_complete::generate(*shell, &mut command, "provisionctl", &mut std::io::stdout());
             Exit::Ok
         }
+        Command::Validate {
+            files,
+            fail_on_warn,
+        } => validate::run(&cli, files, *fail_on_warn).await,
         other => {
             eprintln!("provisionctl: {other:?} is not built yet");
             Exit::Internal

@@ -77,6 +77,26 @@ pub fn findings_of(file: &PolicyFile, violations: &[pb::PolicyViolation]) -> Vec
         .collect()
 }
 
+/// The violations in the BadRequest details of a failed call (a Set refused with
+/// INVALID_ARGUMENT, say), located as [`findings_of`] does; none when it has no such details.
+pub fn findings_of_status(file: &PolicyFile, status: &tonic::Status) -> Vec<Finding> {
+    use tonic_types::StatusExt as _;
+    let Some(bad_request) = status.get_details_bad_request() else {
+        return Vec::new();
+    };
+    let violations: Vec<pb::PolicyViolation> = bad_request
+        .field_violations
+        .into_iter()
+        .map(|violation| pb::PolicyViolation {
+            field: violation.field,
+            reason: violation.reason,
+            description: violation.description,
+            severity: pb::Severity::Error as i32,
+        })
+        .collect();
+    findings_of(file, &violations)
+}
+
 /// The counts of a run.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
