@@ -437,3 +437,33 @@ async fn a_dangling_delegation_passes_offline_and_fails_with_the_server() {
     }
     server.stop().await;
 }
+
+/// The composite action's validate step, run as the runner would (bash, its env), with the
+/// built binary: the examples pass, a broken file fails with annotations, no match fails.
+#[test]
+fn the_github_action_runs_validate_and_fails_on_no_match() {
+    let action = fixture(".github/actions/provisionctl/action.yml");
+    let step = &action[action.find("- name: Validate").expect("a Validate step")..];
+    let script: String = step[step.find("run: |").unwrap() + "run: |".len()..]
+        .lines()
+        .skip(1)
+        .map(|line| format!("{}\n", line.strip_prefix("        ").unwrap_or(line)))
+        .collect();
+    assert!(script.contains("validate -o github"));
+    let run = |files: &str| {
+        Command::new("bash")
+            .args(["-euo", "pipefail", "-c", &script])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("FILES", files)
+            .env("ARGS", "")
+            .env("BINARY", BIN)
+            .env_remove("PROVISIONCTL_SERVER")
+            .output()
+            .expect("bash runs")
+    };
+    assert_eq!(code(&run("examples/policies/")), 0);
+    let broken = run("tests/cli/bad/webhook.json");
+    assert_eq!(code(&broken), 1);
+    assert!(stdout(&broken).contains("::error file=tests/cli/bad/webhook.json,line="));
+    assert_eq!(code(&run("no-such-dir/*.json")), 1);
+}
