@@ -114,10 +114,17 @@ fn webhook_file(app: &str, entitlement: &str, webhook: &str) -> String {
     )
 }
 
-async fn current(server: &TestServer, app: &str, entitlement: &str) -> Option<pb::EntitlementProvisionPolicy> {
+async fn current(
+    server: &TestServer,
+    app: &str,
+    entitlement: &str,
+) -> Option<pb::EntitlementProvisionPolicy> {
     let mut client = server.client.clone();
     match client
-        .get_provision_policy(common::get_request(common::entitlement(app, entitlement), 0))
+        .get_provision_policy(common::get_request(
+            common::entitlement(app, entitlement),
+            0,
+        ))
         .await
     {
         Ok(response) => response.into_inner().policy,
@@ -138,13 +145,20 @@ async fn a_second_apply_of_the_same_files_is_a_noop() {
     let server = TestServer::start().await;
     let ctl = Ctl::new(&server);
     ctl.file("policies/a.json", &webhook_file("github", "admins", "wh-1"));
-    ctl.file("policies/b.json", &webhook_file("github", "members", "wh-2"));
+    ctl.file(
+        "policies/b.json",
+        &webhook_file("github", "members", "wh-2"),
+    );
     let dir = ctl.dir().join("policies");
     let dir = dir.to_str().unwrap();
 
     let first = ctl.run(&["apply", dir, "--yes"]).await;
     expect(&first, 0);
-    assert!(stdout(&first).contains("created github/admins"), "{}", stdout(&first));
+    assert!(
+        stdout(&first).contains("created github/admins"),
+        "{}",
+        stdout(&first)
+    );
     assert_eq!(revision(&server, "github", "admins").await, 1);
     assert_eq!(revision(&server, "github", "members").await, 1);
 
@@ -163,7 +177,11 @@ async fn a_second_apply_of_the_same_files_is_a_noop() {
     ctl.file("policies/a.json", &webhook_file("github", "admins", "wh-9"));
     let unconfirmed = ctl.run(&["apply", dir]).await;
     expect(&unconfirmed, 64);
-    assert!(stderr(&unconfirmed).contains("--yes"), "{}", stderr(&unconfirmed));
+    assert!(
+        stderr(&unconfirmed).contains("--yes"),
+        "{}",
+        stderr(&unconfirmed)
+    );
     assert_eq!(revision(&server, "github", "admins").await, 1);
 }
 
@@ -180,8 +198,16 @@ async fn a_set_between_diff_and_apply_plan_makes_the_plan_stale() {
     let plan = plan.to_str().unwrap();
     let diff = ctl.run(&["diff", &a, &b, "--out", plan]).await;
     expect(&diff, 0);
-    assert!(stdout(&diff).contains("-        \"webhookId\": \"wh-1\""), "{}", stdout(&diff));
-    assert!(stdout(&diff).contains("+        \"webhookId\": \"wh-2\""), "{}", stdout(&diff));
+    assert!(
+        stdout(&diff).contains("-        \"webhookId\": \"wh-1\""),
+        "{}",
+        stdout(&diff)
+    );
+    assert!(
+        stdout(&diff).contains("+        \"webhookId\": \"wh-2\""),
+        "{}",
+        stdout(&diff)
+    );
     let written: Value = serde_json::from_str(&std::fs::read_to_string(plan).unwrap()).unwrap();
     assert_eq!(written["version"], 1);
     let entries = written["entries"].as_array().unwrap();
@@ -193,19 +219,31 @@ async fn a_set_between_diff_and_apply_plan_makes_the_plan_stale() {
     assert_eq!(entries[1]["action"], "create");
 
     // Someone else writes github/admins in between.
-    common::set_webhook(&mut server.client.clone(), &common::entitlement("github", "admins"), "wh-other").await;
+    common::set_webhook(
+        &mut server.client.clone(),
+        &common::entitlement("github", "admins"),
+        "wh-other",
+    )
+    .await;
     assert_eq!(revision(&server, "github", "admins").await, 2);
 
     let apply = ctl.run(&["apply", "--plan", plan, "--yes"]).await;
     expect(&apply, 3);
-    assert!(stderr(&apply).contains("plan is stale"), "{}", stderr(&apply));
+    assert!(
+        stderr(&apply).contains("plan is stale"),
+        "{}",
+        stderr(&apply)
+    );
     // Nothing written: neither the update nor the create of the other entry.
     assert_eq!(revision(&server, "github", "admins").await, 2);
     assert!(current(&server, "github", "members").await.is_none());
 
     // A fresh plan applies exactly what it holds, even after the files changed again.
     expect(&ctl.run(&["diff", &a, &b, "--out", plan]).await, 0);
-    ctl.file("a.json", &webhook_file("github", "admins", "wh-not-planned"));
+    ctl.file(
+        "a.json",
+        &webhook_file("github", "admins", "wh-not-planned"),
+    );
     expect(&ctl.run(&["apply", "--plan", plan, "--yes"]).await, 0);
     let admins = current(&server, "github", "admins").await.unwrap();
     assert_eq!(admins.revision, 3);
@@ -241,7 +279,10 @@ async fn get_json_then_apply_is_a_noop() {
             entitlement["appId"].as_str().unwrap(),
             entitlement["entitlementId"].as_str().unwrap()
         ));
-        expect(&ctl.run(&["apply", path.to_str().unwrap(), "--yes"]).await, 0);
+        expect(
+            &ctl.run(&["apply", path.to_str().unwrap(), "--yes"]).await,
+            0,
+        );
     }
     for name in &names {
         let get = ctl.run(&["get", name, "-o", "json"]).await;
@@ -264,7 +305,11 @@ async fn get_json_then_apply_is_a_noop() {
     // Text output: the header of output-only fields, then the same file.
     let text = ctl.run(&["get", &names[0]]).await;
     expect(&text, 0);
-    assert!(stdout(&text).contains("# revision:    1"), "{}", stdout(&text));
+    assert!(
+        stdout(&text).contains("# revision:    1"),
+        "{}",
+        stdout(&text)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -274,7 +319,11 @@ async fn dry_run_writes_nothing_and_reports_violations_at_their_lines() {
     let good = ctl.file("good.json", &webhook_file("github", "admins", "wh-1"));
     let dry = ctl.run(&["apply", &good, "--dry-run"]).await;
     expect(&dry, 0);
-    assert!(stdout(&dry).contains("would create github/admins"), "{}", stdout(&dry));
+    assert!(
+        stdout(&dry).contains("would create github/admins"),
+        "{}",
+        stdout(&dry)
+    );
     assert!(current(&server, "github", "admins").await.is_none());
 
     let bad = ctl.file("bad.json", &webhook_file("github", "admins", "has a space"));
@@ -297,15 +346,27 @@ async fn diff_detailed_exitcode_is_0_then_2_after_an_edit() {
     let a = ctl.file("a.json", &webhook_file("github", "admins", "wh-1"));
     let create = ctl.run(&["diff", &a, "--detailed-exitcode"]).await;
     expect(&create, 2);
-    assert!(stdout(&create).contains("create    github/admins"), "{}", stdout(&create));
+    assert!(
+        stdout(&create).contains("create    github/admins"),
+        "{}",
+        stdout(&create)
+    );
     expect(&ctl.run(&["apply", &a, "--yes"]).await, 0);
     let none = ctl.run(&["diff", &a, "--detailed-exitcode"]).await;
     expect(&none, 0);
-    assert!(stdout(&none).contains("0 to create, 0 to update, 1 unchanged"), "{}", stdout(&none));
+    assert!(
+        stdout(&none).contains("0 to create, 0 to update, 1 unchanged"),
+        "{}",
+        stdout(&none)
+    );
     ctl.file("a.json", &webhook_file("github", "admins", "wh-2"));
     let edited = ctl.run(&["diff", &a, "--detailed-exitcode"]).await;
     expect(&edited, 2);
-    assert!(stdout(&edited).contains("update    github/admins  (revision 1, etag \"1\""), "{}", stdout(&edited));
+    assert!(
+        stdout(&edited).contains("update    github/admins  (revision 1, etag \"1\""),
+        "{}",
+        stdout(&edited)
+    );
     // Without the flag, pending changes are still 0.
     expect(&ctl.run(&["diff", &a]).await, 0);
     let json = ctl.run(&["diff", &a, "-o", "json"]).await;
@@ -337,28 +398,53 @@ async fn history_rollback_and_delete_round_trip() {
     assert!(stdout(&text).starts_with("REVISION"), "{}", stdout(&text));
 
     // Revision 1 is still readable.
-    let old = ctl.run(&["get", "github/admins", "--revision", "1", "-o", "json"]).await;
+    let old = ctl
+        .run(&["get", "github/admins", "--revision", "1", "-o", "json"])
+        .await;
     assert_eq!(stdout(&old), v1);
 
     let unconfirmed = ctl.run(&["rollback", "github/admins", "--to", "1"]).await;
     expect(&unconfirmed, 64);
-    let rollback = ctl.run(&["rollback", "github/admins", "--to", "1", "--yes"]).await;
+    let rollback = ctl
+        .run(&["rollback", "github/admins", "--to", "1", "--yes"])
+        .await;
     expect(&rollback, 0);
-    assert!(stdout(&rollback).contains("now revision 3"), "{}", stdout(&rollback));
-    assert_eq!(stdout(&ctl.run(&["get", "github/admins", "-o", "json"]).await), v1);
-    expect(&ctl.run(&["rollback", "github/admins", "--to", "9", "--yes"]).await, 5);
+    assert!(
+        stdout(&rollback).contains("now revision 3"),
+        "{}",
+        stdout(&rollback)
+    );
+    assert_eq!(
+        stdout(&ctl.run(&["get", "github/admins", "-o", "json"]).await),
+        v1
+    );
+    expect(
+        &ctl.run(&["rollback", "github/admins", "--to", "9", "--yes"])
+            .await,
+        5,
+    );
 
     let delete = ctl.run(&["delete", "github/admins", "--yes"]).await;
     expect(&delete, 0);
-    assert!(stdout(&delete).contains("revision 4"), "{}", stdout(&delete));
+    assert!(
+        stdout(&delete).contains("revision 4"),
+        "{}",
+        stdout(&delete)
+    );
     expect(&ctl.run(&["get", "github/admins"]).await, 5);
     expect(&ctl.run(&["delete", "github/admins", "--yes"]).await, 5);
-    let history = ctl.run(&["history", "github/admins", "--limit", "2", "-o", "json"]).await;
+    let history = ctl
+        .run(&["history", "github/admins", "--limit", "2", "-o", "json"])
+        .await;
     let history: Value = serde_json::from_slice(&history.stdout).unwrap();
     assert_eq!(history["revisions"].as_array().unwrap().len(), 2);
     assert_eq!(history["revisions"][0]["deleted"], true);
     // Rollback undeletes.
-    expect(&ctl.run(&["rollback", "github/admins", "--to", "2", "--yes"]).await, 0);
+    expect(
+        &ctl.run(&["rollback", "github/admins", "--to", "2", "--yes"])
+            .await,
+        0,
+    );
     assert_eq!(revision(&server, "github", "admins").await, 5);
 }
 
@@ -367,23 +453,48 @@ async fn bindings_round_trip() {
     let server = TestServer::start().await;
     let ctl = Ctl::new(&server);
     let flags = ["--source", "okta/admins", "--destination", "github/admins"];
-    let create = ctl.run(&[&["bindings", "create"][..], &flags].concat()).await;
+    let create = ctl
+        .run(&[&["bindings", "create"][..], &flags].concat())
+        .await;
     expect(&create, 0);
-    assert!(stdout(&create).contains("okta/admins -> github/admins"), "{}", stdout(&create));
-    expect(&ctl.run(&[&["bindings", "create"][..], &flags].concat()).await, 3);
+    assert!(
+        stdout(&create).contains("okta/admins -> github/admins"),
+        "{}",
+        stdout(&create)
+    );
+    expect(
+        &ctl.run(&[&["bindings", "create"][..], &flags].concat())
+            .await,
+        3,
+    );
 
     let list = ctl.run(&["bindings", "list"]).await;
     expect(&list, 0);
     assert_eq!(stdout(&list), "okta/admins -> github/admins\n");
-    let json = ctl.run(&["bindings", "list", "--source", "okta/admins", "-o", "json"]).await;
+    let json = ctl
+        .run(&["bindings", "list", "--source", "okta/admins", "-o", "json"])
+        .await;
     let json: Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(json["bindings"][0]["destination"]["entitlementId"], "admins");
-    let other = ctl.run(&["bindings", "list", "--destination", "okta/admins"]).await;
+    assert_eq!(
+        json["bindings"][0]["destination"]["entitlementId"],
+        "admins"
+    );
+    let other = ctl
+        .run(&["bindings", "list", "--destination", "okta/admins"])
+        .await;
     assert_eq!(stdout(&other), "");
 
-    expect(&ctl.run(&[&["bindings", "delete"][..], &flags].concat()).await, 0);
+    expect(
+        &ctl.run(&[&["bindings", "delete"][..], &flags].concat())
+            .await,
+        0,
+    );
     assert_eq!(stdout(&ctl.run(&["bindings", "list"]).await), "");
-    expect(&ctl.run(&[&["bindings", "delete"][..], &flags].concat()).await, 5);
+    expect(
+        &ctl.run(&[&["bindings", "delete"][..], &flags].concat())
+            .await,
+        5,
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -401,7 +512,11 @@ async fn a_stopped_server_gives_4() {
     ] {
         let output = ctl.run(&[&args[..], &["--timeout", "2s"]].concat()).await;
         expect(&output, 4);
-        assert!(stderr(&output).contains("cannot connect"), "{}", stderr(&output));
+        assert!(
+            stderr(&output).contains("cannot connect"),
+            "{}",
+            stderr(&output)
+        );
     }
 }
 
@@ -427,14 +542,24 @@ async fn a_reader_token_gets_4_on_apply() {
     let a = ctl.file("a.json", &webhook_file("github", "admins", "wh-1"));
     let reader = ctl.file("reader.token", &format!("{READER}\n"));
 
-    let refused = ctl.run(&["--token-file", &reader, "apply", &a, "--yes"]).await;
+    let refused = ctl
+        .run(&["--token-file", &reader, "apply", &a, "--yes"])
+        .await;
     expect(&refused, 4);
-    assert!(stderr(&refused).contains("PermissionDenied"), "{}", stderr(&refused));
+    assert!(
+        stderr(&refused).contains("PermissionDenied"),
+        "{}",
+        stderr(&refused)
+    );
     assert!(!stderr(&refused).contains(READER), "never print the token");
     // No token at all: UNAUTHENTICATED, also 4.
     expect(&ctl.run(&["get", "github/admins"]).await, 4);
     // The reader may read: NOT_FOUND is 5.
-    expect(&ctl.run(&["--token-file", &reader, "get", "github/admins"]).await, 5);
+    expect(
+        &ctl.run(&["--token-file", &reader, "get", "github/admins"])
+            .await,
+        5,
+    );
     // PROVISIONCTL_TOKEN holds a token itself.
     let server_flag = ctl.server.clone();
     let written = ctl
@@ -446,7 +571,14 @@ async fn a_reader_token_gets_4_on_apply() {
     expect(&written, 0);
     let history = ctl
         .run_env(
-            &["--server", &server_flag, "history", "github/admins", "-o", "json"],
+            &[
+                "--server",
+                &server_flag,
+                "history",
+                "github/admins",
+                "-o",
+                "json",
+            ],
             &[("PROVISIONCTL_TOKEN", READER)],
         )
         .await;
@@ -466,7 +598,12 @@ async fn exit_code_matrix() {
     let plan = ctl.dir().join("plan.json");
     let plan = plan.to_str().unwrap();
     expect(&ctl.run(&["diff", &edited, "--out", plan]).await, 0);
-    common::set_webhook(&mut server.client.clone(), &common::entitlement("github", "admins"), "wh-3").await;
+    common::set_webhook(
+        &mut server.client.clone(),
+        &common::entitlement("github", "admins"),
+        "wh-3",
+    )
+    .await;
 
     let stopped = TestServer::start().await;
     let stopped_address = format!("http://{}", stopped.address);
@@ -480,7 +617,7 @@ async fn exit_code_matrix() {
         (1, vec!["diff", "/nonexistent/policy.json"]),
         (2, vec!["diff", &edited, "--detailed-exitcode"]),
         (3, vec!["apply", "--plan", plan, "--yes"]),
-        (4, vec!["--server", &stopped_address, "get", "github/admins"]),
+        (4, vec!["get", "github/admins", "--server", "STOPPED"]),
         (5, vec!["get", "github/nobody"]),
         (5, vec!["history", "github/nobody"]),
         (64, vec!["get", "no-slash"]),
@@ -489,7 +626,14 @@ async fn exit_code_matrix() {
         (64, vec!["diff"]),
     ];
     for (want, args) in cases {
-        let output = ctl.run(&args).await;
+        let mut args: Vec<&str> = args;
+        if args.last() == Some(&"STOPPED") {
+            args.pop();
+            args.push(&stopped_address);
+        } else {
+            args.splice(0..0, ["--server", ctl.server.as_str()]);
+        }
+        let output = ctl.run_env(&args, &[]).await;
         assert_eq!(
             code(&output),
             want,
@@ -508,11 +652,21 @@ async fn help_is_0_and_completion_prints_a_script() {
     let help = command(home.path()).arg("--help").output().unwrap();
     assert_eq!(help.status.code(), Some(0));
     assert!(stdout(&help).contains("apply"), "{}", stdout(&help));
-    let sub = command(home.path()).args(["apply", "--help"]).output().unwrap();
+    let sub = command(home.path())
+        .args(["apply", "--help"])
+        .output()
+        .unwrap();
     assert_eq!(sub.status.code(), Some(0));
-    let completion = command(home.path()).args(["completion", "bash"]).output().unwrap();
+    let completion = command(home.path())
+        .args(["completion", "bash"])
+        .output()
+        .unwrap();
     assert_eq!(completion.status.code(), Some(0));
-    assert!(stdout(&completion).contains("provisionctl"), "{}", stdout(&completion));
+    assert!(
+        stdout(&completion).contains("provisionctl"),
+        "{}",
+        stdout(&completion)
+    );
     let no_server = command(home.path()).args(["get", "a/b"]).output().unwrap();
     assert_eq!(no_server.status.code(), Some(64), "{}", stderr(&no_server));
 }
@@ -564,7 +718,10 @@ async fn watch_from_a_cursor_resumes() {
     assert_eq!(changes[0]["entitlement"]["entitlementId"], "b", "{lines:?}");
     assert_eq!(changes[1]["entitlement"]["entitlementId"], "c", "{lines:?}");
     assert_eq!(changes[0]["kind"], "put");
-    assert_eq!(changes[0]["policy"]["provisionPolicy"]["webhook"]["webhookId"], "wh-2");
+    assert_eq!(
+        changes[0]["policy"]["provisionPolicy"]["webhook"]["webhookId"],
+        "wh-2"
+    );
     let after_b = changes[0]["cursor"].as_str().unwrap().to_owned();
 
     // Resume after b: c, then a live write, exactly once each; text lines carry the cursor.
@@ -577,7 +734,10 @@ async fn watch_from_a_cursor_resumes() {
     };
     let lines = watch_lines(&ctl, &["--from", &after_b], 2).await;
     let live = live.await.unwrap();
-    assert!(lines[0].ends_with("put github/c revision 1 by anonymous"), "{lines:?}");
+    assert!(
+        lines[0].ends_with("put github/c revision 1 by anonymous"),
+        "{lines:?}"
+    );
     assert!(lines[1].starts_with(&live.change_cursor), "{lines:?}");
     assert!(lines[1].contains("put github/d revision 1"), "{lines:?}");
 }
@@ -593,21 +753,40 @@ async fn contexts_fill_in_what_flags_and_env_leave_unset() {
     let token = ctl.file("t.token", "some-token-0123456789\n");
 
     let set = ctl
-        .run_env(&["context", "set", "local", "--server", &good, "--token-file", &token], &[])
+        .run_env(
+            &[
+                "context",
+                "set",
+                "local",
+                "--server",
+                &good,
+                "--token-file",
+                &token,
+            ],
+            &[],
+        )
         .await;
     expect(&set, 0);
     expect(
-        &ctl.run_env(&["context", "set", "broken", "--server", &dead_address], &[])
-            .await,
+        &ctl.run_env(
+            &["context", "set", "broken", "--server", &dead_address],
+            &[],
+        )
+        .await,
         0,
     );
     let config_path = ctl.dir().join("config/provisionctl/config.json");
     let config: Value =
         serde_json::from_str(&std::fs::read_to_string(&config_path).unwrap()).unwrap();
-    assert_eq!(config["current"], "local", "the first context set becomes current");
+    assert_eq!(
+        config["current"], "local",
+        "the first context set becomes current"
+    );
     assert_eq!(config["contexts"]["local"]["server"], good.as_str());
     assert!(
-        !std::fs::read_to_string(&config_path).unwrap().contains("some-token"),
+        !std::fs::read_to_string(&config_path)
+            .unwrap()
+            .contains("some-token"),
         "a context holds the token file's path, never the token"
     );
     let list = ctl.run_env(&["context", "list"], &[]).await;
@@ -617,10 +796,20 @@ async fn contexts_fill_in_what_flags_and_env_leave_unset() {
     // The current context: NOT_FOUND from the right server is 5.
     expect(&ctl.run_env(&["get", "github/x"], &[]).await, 5);
     // --context and PROVISIONCTL_CONTEXT select another one.
-    expect(&ctl.run_env(&["--context", "broken", "get", "github/x", "--timeout", "2s"], &[]).await, 4);
     expect(
-        &ctl.run_env(&["get", "github/x", "--timeout", "2s"], &[("PROVISIONCTL_CONTEXT", "broken")])
-            .await,
+        &ctl.run_env(
+            &["--context", "broken", "get", "github/x", "--timeout", "2s"],
+            &[],
+        )
+        .await,
+        4,
+    );
+    expect(
+        &ctl.run_env(
+            &["get", "github/x", "--timeout", "2s"],
+            &[("PROVISIONCTL_CONTEXT", "broken")],
+        )
+        .await,
         4,
     );
     // Env beats the context, the flag beats env.
@@ -634,7 +823,14 @@ async fn contexts_fill_in_what_flags_and_env_leave_unset() {
     );
     expect(
         &ctl.run_env(
-            &["--server", &dead_address, "get", "github/x", "--timeout", "2s"],
+            &[
+                "--server",
+                &dead_address,
+                "get",
+                "github/x",
+                "--timeout",
+                "2s",
+            ],
             &[("PROVISIONCTL_SERVER", &good)],
         )
         .await,
@@ -642,7 +838,15 @@ async fn contexts_fill_in_what_flags_and_env_leave_unset() {
     );
     // `use` switches; an unknown context is a usage error.
     expect(&ctl.run_env(&["context", "use", "broken"], &[]).await, 0);
-    expect(&ctl.run_env(&["get", "github/x", "--timeout", "2s"], &[]).await, 4);
+    expect(
+        &ctl.run_env(&["get", "github/x", "--timeout", "2s"], &[])
+            .await,
+        4,
+    );
     expect(&ctl.run_env(&["context", "use", "nope"], &[]).await, 64);
-    expect(&ctl.run_env(&["--context", "nope", "get", "github/x"], &[]).await, 64);
+    expect(
+        &ctl.run_env(&["--context", "nope", "get", "github/x"], &[])
+            .await,
+        64,
+    );
 }

@@ -63,7 +63,9 @@ pub enum ContextError {
     Unknown(String, PathBuf),
     #[error("context {0:?}: bad timeout: {1}")]
     Timeout(String, String),
-    #[error("context set needs at least one of --server, --ca-cert, --cert/--key, --token-file, --timeout")]
+    #[error(
+        "context set needs at least one of --server, --ca-cert, --cert/--key, --token-file, --timeout"
+    )]
     Empty,
 }
 
@@ -158,7 +160,10 @@ fn fill(connection: &mut Connection, context: &Context, name: &str) -> Result<()
 
 /// The context `context set` writes: the settings given (flags or env), paths made absolute;
 /// settings not given keep their value in an existing context of that name.
-pub fn merged(existing: Option<&Context>, connection: &Connection) -> Result<Context, ContextError> {
+pub fn merged(
+    existing: Option<&Context>,
+    connection: &Connection,
+) -> Result<Context, ContextError> {
     let absolute = |path: &PathBuf| std::path::absolute(path).unwrap_or_else(|_| path.clone());
     let given = Context {
         server: connection.server.clone(),
@@ -166,7 +171,9 @@ pub fn merged(existing: Option<&Context>, connection: &Connection) -> Result<Con
         cert: connection.cert.as_ref().map(absolute),
         key: connection.key.as_ref().map(absolute),
         token_file: connection.token_file.as_ref().map(absolute),
-        timeout: connection.timeout.map(|timeout| format!("{}ms", timeout.as_millis())),
+        timeout: connection
+            .timeout
+            .map(|timeout| format!("{}ms", timeout.as_millis())),
     };
     if given == Context::default() {
         return Err(ContextError::Empty);

@@ -12,9 +12,13 @@ pub mod canonical;
 pub mod connect;
 pub mod contexts;
 pub mod exit;
+pub mod files;
+pub mod locate;
+pub mod output;
 pub mod plan;
 pub mod resources;
 pub mod ui;
+pub mod validate;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -281,12 +285,14 @@ async fn run(cli: Cli) -> Exit {
         } => resources::rollback(&cli, entitlement, *to, *yes).await,
         Command::Delete { entitlement, yes } => resources::delete(&cli, entitlement, *yes).await,
         Command::Bindings { command } => bindings::run(&cli, command).await,
-        Command::Watch { from, app } => resources::watch(&cli, from.as_deref(), app.as_deref()).await,
-        Command::Context { command } => context(&cli, command),
-        other => {
-            eprintln!("provisionctl: {other:?} is not built yet");
-            Exit::Internal
+        Command::Watch { from, app } => {
+            resources::watch(&cli, from.as_deref(), app.as_deref()).await
         }
+        Command::Context { command } => context(&cli, command),
+        Command::Validate {
+            files,
+            fail_on_warn,
+        } => validate::run(&cli, files, *fail_on_warn).await,
     }
 }
 

@@ -120,7 +120,10 @@ impl Item {
 
 /// Reads and parses FILES…; one entitlement in two files is an error. Findings are printed in
 /// the chosen format.
-fn load(cli: &Cli, files: &Files) -> Result<Vec<(PolicyFile, pb::SetProvisionPolicyRequest)>, Exit> {
+fn load(
+    cli: &Cli,
+    files: &Files,
+) -> Result<Vec<(PolicyFile, pb::SetProvisionPolicyRequest)>, Exit> {
     let found = match files::expand(files) {
         Ok(found) => found,
         Err(error) => {
@@ -140,7 +143,11 @@ fn load(cli: &Cli, files: &Files) -> Result<Vec<(PolicyFile, pb::SetProvisionPol
                     .as_ref()
                     .and_then(|policy| policy.entitlement.as_ref())
                 else {
-                    findings.push(whole_file(file, "MISSING_ENTITLEMENT", "the file has no policy.entitlement"));
+                    findings.push(whole_file(
+                        file,
+                        "MISSING_ENTITLEMENT",
+                        "the file has no policy.entitlement",
+                    ));
                     continue;
                 };
                 let entitlement = name(entitlement);
@@ -157,8 +164,14 @@ fn load(cli: &Cli, files: &Files) -> Result<Vec<(PolicyFile, pb::SetProvisionPol
             Err(mut errors) => findings.append(&mut errors),
         }
     }
-    if findings.iter().any(|finding| finding.severity == Severity::Error) {
-        print!("{}", output::report(cli.output, cli.color, &found, &findings));
+    if findings
+        .iter()
+        .any(|finding| finding.severity == Severity::Error)
+    {
+        print!(
+            "{}",
+            output::report(cli.output, cli.color, &found, &findings)
+        );
         return Err(Exit::Invalid);
     }
     Ok(loaded)
@@ -248,7 +261,11 @@ fn colored(diff: &str, color: bool) -> String {
 }
 
 fn item_diff(item: &Item) -> String {
-    let before = item.current.as_ref().map(canonical::text).unwrap_or_default();
+    let before = item
+        .current
+        .as_ref()
+        .map(canonical::text)
+        .unwrap_or_default();
     let from = match &item.current {
         Some(current) => format!("{} (server, revision {})", item.name, current.revision),
         None => format!("{} (not on the server)", item.name),
@@ -385,7 +402,10 @@ async fn plan_items(client: &mut Client, path: &Path) -> Result<Vec<(Item, Entry
             return Err(Exit::Invalid);
         }
         let current = current(client, &entry.entitlement, reference).await?;
-        let now = current.as_ref().map(|current| current.etag.as_str()).unwrap_or("");
+        let now = current
+            .as_ref()
+            .map(|current| current.etag.as_str())
+            .unwrap_or("");
         let fresh = match entry.action {
             Action::Create => current.is_none(),
             Action::Update | Action::Noop => current.is_some() && now == entry.etag,
@@ -394,7 +414,11 @@ async fn plan_items(client: &mut Client, path: &Path) -> Result<Vec<(Item, Entry
             stale.push(format!(
                 "{}: planned at etag {}, now {}",
                 entry.entitlement,
-                if entry.etag.is_empty() { "(none)" } else { &entry.etag },
+                if entry.etag.is_empty() {
+                    "(none)"
+                } else {
+                    &entry.etag
+                },
                 if now.is_empty() { "(none)" } else { now },
             ));
         }
@@ -566,7 +590,11 @@ pub async fn apply(
     if !findings.is_empty() {
         let files: Vec<PolicyFile> = items.iter().map(|item| item.file.clone()).collect();
         let text = output::report(
-            if exit == Exit::Ok { Format::Text } else { cli.output },
+            if exit == Exit::Ok {
+                Format::Text
+            } else {
+                cli.output
+            },
             cli.color,
             &files,
             &findings,
@@ -576,7 +604,10 @@ pub async fn apply(
             eprint!("{text}");
         } else {
             print!("{text}");
-            eprintln!("provisionctl: some policies were refused; the others were {}", if dry_run { "validated" } else { "written" });
+            eprintln!(
+                "provisionctl: some policies were refused; the others were {}",
+                if dry_run { "validated" } else { "written" }
+            );
             return exit;
         }
     }
@@ -614,13 +645,15 @@ fn report_results(
     for item in items {
         let action = item.action();
         match (action, written.get(&item.name)) {
-            (Action::Noop, _) => println!(
-                "unchanged {}  (revision {})",
-                item.name,
-                item.revision()
-            ),
+            (Action::Noop, _) => {
+                println!("unchanged {}  (revision {})", item.name, item.revision())
+            }
             (_, Some((revision, _))) if !dry_run => {
-                println!("{} {}  (revision {revision})", action.verb(false), item.name)
+                println!(
+                    "{} {}  (revision {revision})",
+                    action.verb(false),
+                    item.name
+                )
             }
             _ => println!("{} {}  (validated)", action.verb(true), item.name),
         }

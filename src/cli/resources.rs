@@ -14,7 +14,9 @@ fn entitlement_arg(text: &str) -> Result<pb::EntitlementRef, Exit> {
 }
 
 fn timestamp(time: &Option<prost_types::Timestamp>) -> String {
-    time.as_ref().map(|time| time.to_string()).unwrap_or_default()
+    time.as_ref()
+        .map(|time| time.to_string())
+        .unwrap_or_default()
 }
 
 /// `get APP/ENT [--revision N]`: `-o json` prints the canonical file (what `apply` takes);
