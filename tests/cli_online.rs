@@ -850,3 +850,29 @@ async fn contexts_fill_in_what_flags_and_env_leave_unset() {
         64,
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn validate_goes_online_with_the_current_context() {
+    let server = TestServer::start().await;
+    let ctl = Ctl::new(&server);
+    let good = ctl.server.clone();
+    expect(
+        &ctl.run_env(&["context", "set", "local", "--server", &good], &[])
+            .await,
+        0,
+    );
+    // A delegation to an entitlement the server does not have: offline it passes, online not.
+    let file = ctl.file(
+        "delegated.json",
+        r#"{"policy": {"entitlement": {"appId": "github", "entitlementId": "admins"},
+  "provisionPolicy": {"delegated": {"appId": "okta", "entitlementId": "nobody"}}}}"#,
+    );
+    let online = ctl.run_env(&["validate", &file], &[]).await;
+    expect(&online, 1);
+    let home = tempfile::tempdir().unwrap();
+    let offline = command(home.path())
+        .args(["validate", &file])
+        .output()
+        .unwrap();
+    assert_eq!(offline.status.code(), Some(0), "{}", stdout(&offline));
+}

@@ -243,7 +243,17 @@ pub fn main() -> ExitCode {
     runtime.block_on(run(cli)).into()
 }
 
-async fn run(cli: Cli) -> Exit {
+async fn run(mut cli: Cli) -> Exit {
+    // The selected context fills in what flags and env left unset, for every command that may
+    // talk to a server (so `validate` goes online with a context's server too).
+    if !matches!(
+        cli.command,
+        Command::Context { .. } | Command::Completion { .. }
+    ) && let Err(error) = contexts::resolve(&mut cli.connection, cli.context.as_deref())
+    {
+        eprintln!("provisionctl: {error}");
+        return Exit::Usage;
+    }
     match &cli.command {
         Command::Completion { shell } => {
             use clap::CommandFactory;

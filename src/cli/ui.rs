@@ -4,17 +4,12 @@
 use std::io::{BufRead, IsTerminal, Write};
 
 use super::connect::Client;
-use super::{Cli, Exit, contexts};
+use super::{Cli, Exit};
 
-/// A connected client, with the selected context filled in; on failure the message is printed
-/// and the exit code returned.
+/// A connected client (`run` has filled in the selected context); on failure the message is
+/// printed and the exit code returned.
 pub async fn client(cli: &Cli) -> Result<Client, Exit> {
-    let mut connection = cli.connection.clone();
-    if let Err(error) = contexts::resolve(&mut connection, cli.context.as_deref()) {
-        eprintln!("provisionctl: {error}");
-        return Err(Exit::Usage);
-    }
-    connection.client().await.map_err(|error| {
+    cli.connection.client().await.map_err(|error| {
         eprintln!("provisionctl: {}", chain(&error));
         error.exit()
     })
