@@ -36,10 +36,13 @@ pub struct Connection {
     #[arg(long, env = "PROVISIONCTL_KEY", global = true, requires = "cert")]
     pub key: Option<PathBuf>,
 
-    /// How long one call may take, e.g. `10s`, `500ms`.
-    #[arg(long, env = "PROVISIONCTL_TIMEOUT", global = true, default_value = "10s", value_parser = parse_duration)]
-    pub timeout: Duration,
+    /// How long one call may take, e.g. `10s`, `500ms` [default: 10s].
+    #[arg(long, env = "PROVISIONCTL_TIMEOUT", global = true, value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
 }
+
+/// The timeout when neither a flag, the environment nor the context sets one.
+pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The token, when there is one. `PROVISIONCTL_TOKEN` holds a token itself (for CI secrets);
 /// --token-file a path to one.
@@ -83,6 +86,19 @@ pub enum ConnectError {
     },
 }
 
+impl ConnectError {
+    /// The exit code: an unreachable server 4, unreadable files and bad tokens 1, no or a
+    /// malformed server address 64 (usage).
+    pub fn exit(&self) -> super::Exit {
+        use super::Exit;
+        match self {
+            ConnectError::NoServer | ConnectError::Address(..) => Exit::Usage,
+            ConnectError::Read { .. } | ConnectError::BadToken(_) => Exit::Invalid,
+            ConnectError::Connect { .. } => Exit::Unreachable,
+        }
+    }
+}
+
 impl Connection {
     /// A client of the server, connected (so that an unreachable server fails here, exit 4).
     pub async fn client(&self) -> Result<Client, ConnectError> {
@@ -97,8 +113,8 @@ impl Connection {
         };
         let mut endpoint = Endpoint::from_shared(uri.clone())
             .map_err(|error| ConnectError::Address(server.clone(), error.to_string()))?
-            .timeout(self.timeout)
-            .connect_timeout(self.timeout);
+            .timeout(self.timeout())
+            .connect_timeout(self.timeout());
         if tls {
             let mut config = ClientTlsConfig::new();
             if let Some(path) = &self.ca_cert {
@@ -125,6 +141,11 @@ impl Connection {
             ProvisionPolicyServiceClient::with_interceptor(channel, self.token()?)
                 .max_decoding_message_size(16 << 20),
         )
+    }
+
+    /// The timeout of one call (and of connecting).
+    pub fn timeout(&self) -> Duration {
+        self.timeout.unwrap_or(DEFAULT_TIMEOUT)
     }
 
     fn token(&self) -> Result<Token, ConnectError> {

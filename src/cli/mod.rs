@@ -7,11 +7,17 @@
 //! token), `plan` (diff, apply), `resources` (get, history, rollback, delete, watch),
 //! `bindings`, `contexts`; `exit` (the exit codes).
 
+pub mod bindings;
+pub mod canonical;
 pub mod connect;
+pub mod contexts;
 pub mod exit;
 pub mod files;
 pub mod locate;
 pub mod output;
+pub mod plan;
+pub mod resources;
+pub mod ui;
 pub mod validate;
 
 use std::path::PathBuf;
@@ -33,6 +39,11 @@ pub use exit::Exit;
 pub struct Cli {
     #[command(flatten)]
     pub connection: Connection,
+
+    /// The named context (see `context list`) whose settings fill in what flags and env leave
+    /// unset; default: the config's current context.
+    #[arg(long, env = "PROVISIONCTL_CONTEXT", global = true)]
+    pub context: Option<String>,
 
     /// The output format of results (stdout). Logs and prompts go to stderr.
     #[arg(short = 'o', long, global = true, value_enum, default_value_t = Format::Text)]
@@ -99,9 +110,17 @@ pub enum Command {
     },
     /// Write policy files to the server: nothing for unchanged ones, the rest guarded by etags.
     Apply {
-        #[command(flatten)]
-        files: Files,
-        /// Apply a plan written by `diff --out` (nothing is written if anything changed since).
+        /// Policy files or directories (their `*.json`), or `-`; not with --plan.
+        #[arg(required_unless_present = "plan", conflicts_with = "plan")]
+        paths: Vec<PathBuf>,
+        /// Recurse into subdirectories.
+        #[arg(short = 'R', long)]
+        recursive: bool,
+        /// No policy file found is fine (exit 0) instead of an error.
+        #[arg(long)]
+        allow_empty: bool,
+        /// Apply a plan written by `diff --out`: exactly its requests, nothing written if any
+        /// entitlement changed since (exit 3).
         #[arg(long)]
         plan: Option<PathBuf>,
         /// Check everything on the server, write nothing (validate_only).
@@ -162,18 +181,21 @@ pub enum Command {
 
 #[derive(Debug, Subcommand)]
 pub enum BindingsCommand {
+    /// List bindings, optionally of one source and/or destination.
     List {
         #[arg(long)]
         source: Option<String>,
         #[arg(long)]
         destination: Option<String>,
     },
+    /// Let DESTINATION delegate to SOURCE.
     Create {
         #[arg(long)]
         source: String,
         #[arg(long)]
         destination: String,
     },
+    /// Remove a binding no current policy delegates through.
     Delete {
         #[arg(long)]
         source: String,
@@ -184,9 +206,15 @@ pub enum BindingsCommand {
 
 #[derive(Debug, Subcommand)]
 pub enum ContextCommand {
+    /// Create or update a context from the connection flags given with it (--server,
+    /// --ca-cert, --cert/--key, --token-file, --timeout); others keep their value.
     Set { name: String },
+    /// Make a context the current one.
     Use { name: String },
+    /// List the contexts (`*` marks the current one).
     List,
+    /// Remove a context.
+    Delete { name: String },
 }
 
 /// Parses the arguments (usage errors exit 64, help and version 0) and runs the command.
@@ -215,7 +243,17 @@ pub fn main() -> ExitCode {
     runtime.block_on(run(cli)).into()
 }
 
-async fn run(cli: Cli) -> Exit {
+async fn run(mut cli: Cli) -> Exit {
+    // The selected context fills in what flags and env left unset, for every command that may
+    // talk to a server (so `validate` goes online with a context's server too).
+    if !matches!(
+        cli.command,
+        Command::Context { .. } | Command::Completion { .. }
+    ) && let Err(error) = contexts::resolve(&mut cli.connection, cli.context.as_deref())
+    {
+        eprintln!("provisionctl: {error}");
+        return Exit::Usage;
+    }
     match &cli.command {
         Command::Completion { shell } => {
             use clap::CommandFactory;
@@ -223,13 +261,120 @@ async fn run(cli: Cli) -> Exit {
             clap_complete::generate(*shell, &mut command, "provisionctl", &mut std::io::stdout());
             Exit::Ok
         }
+        Command::Diff {
+            files,
+            detailed_exitcode,
+            out,
+        } => plan::diff(&cli, files, *detailed_exitcode, out.as_deref()).await,
+        Command::Apply {
+            paths,
+            recursive,
+            allow_empty,
+            plan,
+            dry_run,
+            yes,
+        } => {
+            let files = Files {
+                paths: paths.clone(),
+                recursive: *recursive,
+                allow_empty: *allow_empty,
+            };
+            plan::apply(&cli, &files, plan.as_deref(), *dry_run, *yes).await
+        }
+        Command::Get {
+            entitlement,
+            revision,
+        } => resources::get(&cli, entitlement, *revision).await,
+        Command::History { entitlement, limit } => {
+            resources::history(&cli, entitlement, *limit).await
+        }
+        Command::Rollback {
+            entitlement,
+            to,
+            yes,
+        } => resources::rollback(&cli, entitlement, *to, *yes).await,
+        Command::Delete { entitlement, yes } => resources::delete(&cli, entitlement, *yes).await,
+        Command::Bindings { command } => bindings::run(&cli, command).await,
+        Command::Watch { from, app } => {
+            resources::watch(&cli, from.as_deref(), app.as_deref()).await
+        }
+        Command::Context { command } => context(&cli, command),
         Command::Validate {
             files,
             fail_on_warn,
         } => validate::run(&cli, files, *fail_on_warn).await,
-        other => {
-            eprintln!("provisionctl: {other:?} is not built yet");
-            Exit::Internal
+    }
+}
+
+fn context(cli: &Cli, command: &ContextCommand) -> Exit {
+    let result = (|| -> Result<(), contexts::ContextError> {
+        let path = contexts::path()?;
+        let mut config = contexts::Config::load(&path)?;
+        match command {
+            ContextCommand::Set { name } => {
+                let context = contexts::merged(config.contexts.get(name), &cli.connection)?;
+                config.contexts.insert(name.clone(), context);
+                if config.current.is_none() {
+                    config.current = Some(name.clone());
+                }
+                config.save(&path)?;
+                eprintln!("provisionctl: context {name:?} saved in {}", path.display());
+            }
+            ContextCommand::Use { name } => {
+                if !config.contexts.contains_key(name) {
+                    return Err(contexts::ContextError::Unknown(name.clone(), path));
+                }
+                config.current = Some(name.clone());
+                config.save(&path)?;
+                eprintln!("provisionctl: now using context {name:?}");
+            }
+            ContextCommand::Delete { name } => {
+                if config.contexts.remove(name).is_none() {
+                    return Err(contexts::ContextError::Unknown(name.clone(), path));
+                }
+                if config.current.as_deref() == Some(name.as_str()) {
+                    config.current = None;
+                }
+                config.save(&path)?;
+            }
+            ContextCommand::List => {
+                if cli.output == Format::Json {
+                    ui::print_json(&serde_json::to_value(&config).expect("the config is JSON"));
+                } else {
+                    for (name, context) in &config.contexts {
+                        let mark = if config.current.as_deref() == Some(name.as_str()) {
+                            "*"
+                        } else {
+                            " "
+                        };
+                        let mut line = format!(
+                            "{mark} {name}  {}",
+                            context.server.as_deref().unwrap_or("-")
+                        );
+                        if let Some(ca) = &context.ca_cert {
+                            line.push_str(&format!("  ca-cert={}", ca.display()));
+                        }
+                        if let Some(cert) = &context.cert {
+                            line.push_str(&format!("  cert={}", cert.display()));
+                        }
+                        if let Some(token) = &context.token_file {
+                            line.push_str(&format!("  token-file={}", token.display()));
+                        }
+                        println!("{line}");
+                    }
+                }
+            }
+        }
+        Ok(())
+    })();
+    match result {
+        Ok(()) => Exit::Ok,
+        Err(error) => {
+            eprintln!("provisionctl: {error}");
+            match error {
+                contexts::ContextError::Unknown(..) | contexts::ContextError::Empty => Exit::Usage,
+                _ => Exit::Invalid,
+            }
         }
     }
 }
