@@ -324,3 +324,66 @@ async fn watch_streams_share_one_read_of_each_change() {
     let (status, _) = server.terminate();
     assert!(status.success());
 }
+
+/// Refusals of the auth layer are counted: in the RPC series (the metrics layer sits outside
+/// auth) and in the auth failures by code. No label carries the token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_tokens_are_counted_by_code() {
+    use provisiond::server::principal::Role;
+    use provisiond::server::tokens::line_for;
+    const READER: &str = "a-reader-token-0123456789abcdef";
+    const UNKNOWN: &str = "a-token-nobody-was-ever-given-0123";
+    let data_dir = tempfile::tempdir().unwrap();
+    let tokens = data_dir.path().join("tokens");
+    std::fs::write(&tokens, line_for("dash", Role::Reader, READER).unwrap()).unwrap();
+    let args = [
+        "--metrics-listen",
+        "127.0.0.1:0",
+        "--auth-tokens-file",
+        tokens.to_str().unwrap(),
+    ];
+    let server = match process::start_with_args(&data_dir.path().join("data"), &args) {
+        process::Started::Listening(server) => server,
+        process::Started::Exited { status, log } => panic!("exited ({status}): {log:#?}"),
+    };
+    let metrics = server.metrics_address.expect("metrics address");
+    let mut client = ProvisionPolicyServiceClient::connect(server.endpoint())
+        .await
+        .unwrap();
+    let with = |token: &str| {
+        let mut request = tonic::Request::new(get_request(entitlement("m", "x"), 0));
+        request
+            .metadata_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        request
+    };
+    let status = client
+        .get_provision_policy(with(UNKNOWN))
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), tonic::Code::Unauthenticated);
+    let mut set = tonic::Request::new(set_request(
+        resource(entitlement("m", "x"), webhook("h")),
+        "",
+    ));
+    set.metadata_mut()
+        .insert("authorization", format!("Bearer {READER}").parse().unwrap());
+    let status = client.set_provision_policy(set).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::PermissionDenied);
+    let status = client.get_provision_policy(with(READER)).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::NotFound);
+    let denied = format!("grpc_server_handled_total{{{SET},grpc_code=\"PermissionDenied\"}} 1");
+    let body = scrape_until(metrics, |body| body.contains(&denied));
+    assert!(body.contains(&denied), "{body}");
+    assert!(body.contains(&format!(
+        "grpc_server_handled_total{{{GET},grpc_code=\"Unauthenticated\"}} 1"
+    )));
+    assert!(body.contains(&format!(
+        "grpc_server_handled_total{{{GET},grpc_code=\"NotFound\"}} 1"
+    )));
+    assert!(body.contains("provisiond_auth_failures_total{code=\"UNAUTHENTICATED\"} 1"));
+    assert!(body.contains("provisiond_auth_failures_total{code=\"PERMISSION_DENIED\"} 1"));
+    assert!(!body.contains(UNKNOWN) && !body.contains(READER));
+    let (status, _) = server.terminate();
+    assert!(status.success());
+}

@@ -31,7 +31,7 @@ pub(super) struct Current {
 #[derive(Debug)]
 enum Entry {
     Live(Arc<Encoded>),
-    /// Stored, but its row did not decode at open: its Get fails as a read of it would, and
+    /// Stored, but its row was out of range at open: its Get fails as a read of it would, and
     /// the other policies are served as usual (one bad row does not stop the store).
     Undecodable,
 }
@@ -77,23 +77,30 @@ impl Encoded {
 
 impl Current {
     pub(super) fn load(conn: &Connection) -> Result<Self, StoreError> {
-        let loaded = Self::default();
-        let mut policies = loaded
-            .policies
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
-        for (key, record) in queries::all_current(conn)? {
+        let mut policies = HashMap::new();
+        // The stored bytes are kept as they are: a resource that does not decode fails its
+        // own Get later (INTERNAL), as a read of it would.
+        queries::each_current(conn, |key, record| {
             let entry = match record {
-                Ok(record) => Entry::Live(Arc::new(Encoded::new(&record))),
+                Ok(record) => Entry::Live(Arc::new(Encoded {
+                    resource: record.resource.into_boxed_slice(),
+                    revision: record.revision,
+                    create_time: record.create_time,
+                    update_time: record.update_time,
+                    change_seq: record.change_seq,
+                    actor: record.actor.into_boxed_str(),
+                    change_cause: record.change_cause.into_boxed_str(),
+                })),
                 Err(error) => {
-                    tracing::error!(app_id = %key.app_id, entitlement_id = %key.entitlement_id, %error, "a stored policy does not decode");
+                    tracing::error!(app_id = %key.app_id, entitlement_id = %key.entitlement_id, %error, "a stored policy does not read");
                     Entry::Undecodable
                 }
             };
             policies.insert(key, entry);
-        }
-        drop(policies);
-        Ok(loaded)
+        })?;
+        Ok(Self {
+            policies: RwLock::new(policies),
+        })
     }
 
     /// The current revision of `key`, if it is live.

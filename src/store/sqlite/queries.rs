@@ -58,12 +58,24 @@ pub(super) fn current(
     row.map(RawRevision::decode).transpose()
 }
 
-/// Every live current revision by its key, for the in-memory state at open; a row that does
-/// not decode is its error, not the whole read's.
-#[allow(clippy::type_complexity)]
-pub(super) fn all_current(
+/// A current revision with its resource still encoded as stored.
+pub(super) struct EncodedRevision {
+    pub resource: Vec<u8>,
+    pub revision: i64,
+    pub create_time: SystemTime,
+    pub update_time: SystemTime,
+    pub change_seq: u64,
+    pub actor: String,
+    pub change_cause: String,
+}
+
+/// Every live current revision by its key, handed to `each` one row at a time (100k policies
+/// are never all in memory twice), for the in-memory state at open. The resource is not
+/// decoded; a row whose other columns are out of range is its error, not the whole read's.
+pub(super) fn each_current(
     conn: &Connection,
-) -> Result<Vec<(pb::EntitlementRef, Result<StoredRevision, StoreError>)>, StoreError> {
+    mut each: impl FnMut(pb::EntitlementRef, Result<EncodedRevision, StoreError>),
+) -> Result<(), StoreError> {
     let mut stmt = conn.prepare(
         "SELECT p.resource, p.revision, p.create_time, p.update_time, r.change_seq,
                 r.actor, r.change_cause, p.app_id, p.entitlement_id
@@ -73,18 +85,15 @@ pub(super) fn all_current(
           AND r.revision = p.revision
          WHERE NOT p.deleted",
     )?;
-    let rows = stmt.query_map([], |row| {
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
         let key = pb::EntitlementRef {
             app_id: row.get(7)?,
             entitlement_id: row.get(8)?,
         };
-        Ok((key, RawRevision::from_row(row)?))
-    })?;
-    rows.map(|row| {
-        let (key, raw) = row?;
-        Ok((key, raw.decode()))
-    })
-    .collect()
+        each(key, RawRevision::from_row(row)?.encoded());
+    }
+    Ok(())
 }
 
 /// One statement, so the revision and the create time (that of revision 1) come from one
@@ -585,6 +594,19 @@ impl RawRevision {
             change_seq: row.get(4)?,
             actor: row.get(5)?,
             change_cause: row.get(6)?,
+        })
+    }
+
+    fn encoded(self) -> Result<EncodedRevision, StoreError> {
+        Ok(EncodedRevision {
+            revision: self.revision,
+            create_time: time_from_micros(self.create_time)?,
+            update_time: time_from_micros(self.update_time)?,
+            change_seq: u64::try_from(self.change_seq)
+                .map_err(|_| Failure::Sequence(self.change_seq))?,
+            resource: self.resource,
+            actor: self.actor,
+            change_cause: self.change_cause,
         })
     }
 
