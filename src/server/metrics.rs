@@ -22,7 +22,6 @@ use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -287,7 +286,7 @@ impl Metrics {
         self.inner
             .auth_failures
             .get_or_create(&CodeLabels {
-                code: canonical_code(code),
+                code: super::status::canonical_name(code),
             })
             .inc();
     }
@@ -358,35 +357,6 @@ fn go_code(code: tonic::Code) -> &'static str {
     }
 }
 
-/// A code as the gRPC docs and the request log spell it (`PERMISSION_DENIED`).
-fn canonical_code(code: tonic::Code) -> &'static str {
-    use tonic::Code;
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
-
-fn grpc_status(headers: &HeaderMap) -> Option<tonic::Code> {
-    let code: i32 = headers.get("grpc-status")?.to_str().ok()?.parse().ok()?;
-    Some(tonic::Code::from_i32(code))
-}
-
 #[derive(Clone, Debug)]
 pub struct MetricsLayer {
     metrics: Metrics,
@@ -451,7 +421,7 @@ where
                 }
             };
             // A trailers-only response (every error) has its status in the headers.
-            let code = grpc_status(response.headers());
+            let code = super::status::code_in(response.headers());
             let (parts, body) = response.into_parts();
             let body = MeteredBody {
                 body,
@@ -575,7 +545,7 @@ where
                             .inc_by(messages);
                     }
                 } else if let Some(trailers) = frame.trailers_ref() {
-                    let code = grpc_status(trailers);
+                    let code = super::status::code_in(trailers);
                     self.finish(code);
                 }
             }

@@ -13,6 +13,7 @@ pub mod principal;
 mod reload;
 pub mod request_log;
 pub mod roles;
+mod status;
 pub mod tls;
 pub mod tokens;
 pub mod trace;

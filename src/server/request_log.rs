@@ -113,7 +113,7 @@ fn given_request_id(headers: &HeaderMap) -> Option<String> {
 }
 
 fn grpc_status(headers: &HeaderMap) -> Option<i32> {
-    headers.get("grpc-status")?.to_str().ok()?.parse().ok()
+    super::status::code_in(headers).map(|code| code as i32)
 }
 
 struct Entry {
@@ -200,26 +200,7 @@ impl<B> Drop for LoggedBody<B> {
 
 /// The canonical name of a gRPC status code, as grpcurl and the gRPC docs spell it.
 fn code_name(code: i32) -> &'static str {
-    use tonic::Code;
-    match Code::from_i32(code) {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
+    super::status::canonical_name(tonic::Code::from_i32(code))
 }
 
 #[cfg(test)]
