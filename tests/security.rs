@@ -552,17 +552,25 @@ async fn unauthenticated_serving_is_refused_off_loopback_unless_allowed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_rpc_limit_calls_are_refused_with_retry_info_and_health_answers() {
     let server = TestServer::start_with(|config| config.max_concurrent_rpcs = 1).await;
-    // A Get whose request never ends holds the one slot.
+    // A Get whose request never ends holds the one slot. It may itself be refused when it
+    // arrives while one of the calls below has the slot: then it tries again.
     let held = server.channel().await;
     let holder = tokio::spawn(async move {
-        let mut grpc = tonic::client::Grpc::new(held);
-        grpc.ready().await.unwrap();
-        let codec = tonic_prost::ProstCodec::<(), ()>::default();
-        let path = http::uri::PathAndQuery::from_static(
-            "/provision.v1.ProvisionPolicyService/GetProvisionPolicy",
-        );
-        let request = tonic::Request::new(tokio_stream::pending::<()>());
-        let _ = grpc.client_streaming(request, path, codec).await;
+        loop {
+            let mut grpc = tonic::client::Grpc::new(held.clone());
+            grpc.ready().await.unwrap();
+            let codec = tonic_prost::ProstCodec::<(), ()>::default();
+            let path = http::uri::PathAndQuery::from_static(
+                "/provision.v1.ProvisionPolicyService/GetProvisionPolicy",
+            );
+            let request = tonic::Request::new(tokio_stream::pending::<()>());
+            match grpc.client_streaming(request, path, codec).await {
+                Err(status) if status.code() == Code::ResourceExhausted => {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                other => panic!("the held call ended: {other:?}"),
+            }
+        }
     });
     let channel = server.channel().await;
     let mut refused = None;
