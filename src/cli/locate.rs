@@ -16,6 +16,7 @@
 //! end is exclusive (the column just past the span). [`utf16_column`] gives the UTF-16 column
 //! SARIF wants.
 
+use crate::policy::path::{self, Segment};
 use jsonc_parser::ast::{ObjectPropName, Value};
 use jsonc_parser::common::Ranged;
 use jsonc_parser::{CollectOptions, ParseOptions};
@@ -68,7 +69,8 @@ pub fn locate_key(text: &str, field_path: &str) -> Location {
 }
 
 fn span(text: &str, field_path: &str, key: bool) -> Location {
-    let Some(segments) = parse_path(field_path) else {
+    // A malformed path (none the rules write) points at the start, like an unresolved one.
+    let Ok(segments) = path::parse(field_path) else {
         return Location::START;
     };
     let Ok(parsed) = jsonc_parser::parse_to_ast(text, &CollectOptions::default(), &strict()) else {
@@ -103,60 +105,6 @@ pub(crate) fn strict() -> ParseOptions {
         allow_non_finite_numbers: false,
         allow_extended_string_escapes: false,
     }
-}
-
-/// One step of a field path.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Segment {
-    /// A field (proto name) or a map key that is an identifier.
-    Field(String),
-    Index(usize),
-    /// A quoted map key.
-    Key(String),
-}
-
-/// `a.b[2].c["x y"]` into its segments; `None` when malformed.
-pub(crate) fn parse_path(path: &str) -> Option<Vec<Segment>> {
-    let bytes = path.as_bytes();
-    let identifier = |from: usize| -> Option<(String, usize)> {
-        let end = path[from..]
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .map_or(path.len(), |offset| from + offset);
-        let name = &path[from..end];
-        (!name.is_empty()).then(|| (name.to_owned(), end))
-    };
-    let (first, mut at) = identifier(0)?;
-    let mut segments = vec![Segment::Field(first)];
-    while at < bytes.len() {
-        match bytes[at] {
-            b'.' => {
-                let (name, end) = identifier(at + 1)?;
-                segments.push(Segment::Field(name));
-                at = end;
-            }
-            b'[' if bytes.get(at + 1) == Some(&b'"') => {
-                let mut end = at + 2;
-                while end < bytes.len() && bytes[end] != b'"' {
-                    end += if bytes[end] == b'\\' { 2 } else { 1 };
-                }
-                let literal = path.get(at + 1..=end)?;
-                let key: String = serde_json::from_str(literal).ok()?;
-                if bytes.get(end + 1) != Some(&b']') {
-                    return None;
-                }
-                segments.push(Segment::Key(key));
-                at = end + 2;
-            }
-            b'[' => {
-                let close = at + path[at..].find(']')?;
-                let index = path[at + 1..close].parse().ok()?;
-                segments.push(Segment::Index(index));
-                at = close + 1;
-            }
-            _ => return None,
-        }
-    }
-    Some(segments)
 }
 
 /// The lowerCamel JSON name protoc gives a proto field name.

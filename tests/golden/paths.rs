@@ -10,94 +10,14 @@
 #![allow(dead_code)] // each test binary uses a different part of this module
 
 use prost_reflect::{DynamicMessage, Kind, MapKey, ReflectMessage, Value};
+use provisiond::policy::path::{Segment, parse};
 
 const STRUCT: &str = "google.protobuf.Struct";
-
-#[derive(Debug, Clone, PartialEq)]
-enum Segment {
-    Field(String),
-    Index(usize),
-    Key(String),
-}
 
 /// `Ok` when `path` names a field of `root`, else why not.
 pub fn resolve(root: &DynamicMessage, path: &str) -> Result<(), String> {
     let segments = parse(path).map_err(|error| format!("path {path:?} is malformed: {error}"))?;
     walk(root, &segments).map_err(|error| format!("path {path:?} does not resolve: {error}"))
-}
-
-fn parse(path: &str) -> Result<Vec<Segment>, String> {
-    let bytes = path.as_bytes();
-    let mut segments = Vec::new();
-    let mut at = 0;
-    let identifier = |from: usize| -> Result<(String, usize), String> {
-        let end = path[from..]
-            .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
-            .map_or(path.len(), |offset| from + offset);
-        let name = &path[from..end];
-        if name.is_empty() || name.starts_with(|c: char| c.is_ascii_digit()) {
-            return Err(format!("expected a name at byte {from}"));
-        }
-        Ok((name.to_owned(), end))
-    };
-    let (first, end) = identifier(0)?;
-    segments.push(Segment::Field(first));
-    at = at.max(end);
-    while at < bytes.len() {
-        match bytes[at] {
-            b'.' => {
-                let (name, end) = identifier(at + 1)?;
-                segments.push(Segment::Field(name));
-                at = end;
-            }
-            b'[' if bytes.get(at + 1) == Some(&b'"') => {
-                let (key, end) = quoted(path, at + 1)?;
-                if bytes.get(end) != Some(&b']') {
-                    return Err(format!("expected ] at byte {end}"));
-                }
-                segments.push(Segment::Key(key));
-                at = end + 1;
-            }
-            b'[' => {
-                let close = path[at..]
-                    .find(']')
-                    .map(|offset| at + offset)
-                    .ok_or("unclosed [")?;
-                let digits = &path[at + 1..close];
-                if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(format!("expected an index at byte {}", at + 1));
-                }
-                if digits.len() > 1 && digits.starts_with('0') {
-                    return Err(format!("index {digits} has a leading zero"));
-                }
-                let index = digits
-                    .parse()
-                    .map_err(|_| format!("index {digits} too big"))?;
-                segments.push(Segment::Index(index));
-                at = close + 1;
-            }
-            other => return Err(format!("unexpected {:?} at byte {at}", other as char)),
-        }
-    }
-    Ok(segments)
-}
-
-/// The JSON string literal starting at byte `from` (a `"`), and the byte after it.
-fn quoted(path: &str, from: usize) -> Result<(String, usize), String> {
-    let bytes = path.as_bytes();
-    let mut at = from + 1;
-    while at < bytes.len() {
-        match bytes[at] {
-            b'\\' => at += 2,
-            b'"' => {
-                let key: String = serde_json::from_str(&path[from..=at])
-                    .map_err(|error| format!("bad quoted key: {error}"))?;
-                return Ok((key, at + 1));
-            }
-            _ => at += 1,
-        }
-    }
-    Err("unclosed quoted key".to_owned())
 }
 
 enum Here<'m> {
