@@ -80,11 +80,16 @@ pub fn findings_of(file: &PolicyFile, violations: &[pb::PolicyViolation]) -> Vec
 /// The violations in the BadRequest details of a failed call (a Set refused with
 /// INVALID_ARGUMENT, say), located as [`findings_of`] does; none when it has no such details.
 pub fn findings_of_status(file: &PolicyFile, status: &tonic::Status) -> Vec<Finding> {
+    findings_of(file, &violations_of_status(status))
+}
+
+/// The violations in the BadRequest details of a failed call, as errors; none without them.
+pub fn violations_of_status(status: &tonic::Status) -> Vec<pb::PolicyViolation> {
     use tonic_types::StatusExt as _;
     let Some(bad_request) = status.get_details_bad_request() else {
         return Vec::new();
     };
-    let violations: Vec<pb::PolicyViolation> = bad_request
+    bad_request
         .field_violations
         .into_iter()
         .map(|violation| pb::PolicyViolation {
@@ -93,8 +98,7 @@ pub fn findings_of_status(file: &PolicyFile, status: &tonic::Status) -> Vec<Find
             description: violation.description,
             severity: pb::Severity::Error as i32,
         })
-        .collect();
-    findings_of(file, &violations)
+        .collect()
 }
 
 /// The counts of a run.

@@ -469,26 +469,6 @@ fn file_matches(entry: &Entry, text: &str) -> bool {
     }
 }
 
-/// The violations of a failed Set, from its BadRequest detail.
-fn violations_of(status: &tonic::Status) -> Vec<pb::PolicyViolation> {
-    use tonic_types::StatusExt;
-    status
-        .get_details_bad_request()
-        .map(|bad_request| {
-            bad_request
-                .field_violations
-                .into_iter()
-                .map(|violation| pb::PolicyViolation {
-                    field: violation.field,
-                    reason: violation.reason,
-                    description: violation.description,
-                    severity: pb::Severity::Error as i32,
-                })
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
 /// `apply FILES… | --plan plan.json [--dry-run] [--yes]`.
 pub async fn apply(
     cli: &Cli,
@@ -565,7 +545,7 @@ pub async fn apply(
                 findings.extend(output::findings_of(&item.file, &response.warnings));
             }
             Err(status) => {
-                let violations = violations_of(&status);
+                let violations = output::violations_of_status(&status);
                 let code = Exit::of_code(status.code());
                 if code == Exit::Invalid && !violations.is_empty() {
                     findings.extend(output::findings_of(&item.file, &violations));

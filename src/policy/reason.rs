@@ -24,6 +24,32 @@ pub const UNCONFIGURED_STEP: &str = "UNCONFIGURED_STEP";
 /// More violations than are listed; see [`super::limits::MAX_VIOLATIONS`].
 pub const TOO_MANY_VIOLATIONS: &str = "TOO_MANY_VIOLATIONS";
 
+/// Every reason a policy violation may carry (the proto documents the same list): the label
+/// set of the violations metric, and what the golden and fuzz checks accept.
+pub const POLICY: &[&str] = &[
+    REQUIRED,
+    UNCONFIGURED_STEP,
+    INVALID_ID,
+    NO_PROVISIONER,
+    SUPERSEDED_FIELD,
+    INVALID_CEL,
+    INVALID_CONFIG_VALUE,
+    EMPTY_MULTI_STEP,
+    TOO_MANY_STEPS,
+    TOO_DEEP,
+    TOO_MANY_NODES,
+    NESTED_MULTI_STEP,
+    DUPLICATE_VALUE,
+    TOO_LONG,
+    INVALID_TEXT,
+    SELF_DELEGATION,
+    DANGLING_DELEGATION,
+    DELEGATION_CYCLE,
+    DELEGATION_TOO_DEEP,
+    MISSING_PROXY_BINDING,
+    TOO_MANY_VIOLATIONS,
+];
+
 /// Request-level reasons (outside the policy resource).
 pub const INVALID_REVISION: &str = "INVALID_REVISION";
 pub const INVALID_PAGE_SIZE: &str = "INVALID_PAGE_SIZE";

@@ -130,29 +130,7 @@ fn method_labels(path: &str) -> MethodLabels {
 
 /// Every reason a violation can carry; any other string is counted as `OTHER`, so that the
 /// label set stays the documented one.
-const REASONS: &[&str] = &[
-    reason::REQUIRED,
-    reason::INVALID_ID,
-    reason::NO_PROVISIONER,
-    reason::SUPERSEDED_FIELD,
-    reason::INVALID_CEL,
-    reason::INVALID_CONFIG_VALUE,
-    reason::EMPTY_MULTI_STEP,
-    reason::TOO_MANY_STEPS,
-    reason::TOO_DEEP,
-    reason::TOO_MANY_NODES,
-    reason::NESTED_MULTI_STEP,
-    reason::DUPLICATE_VALUE,
-    reason::TOO_LONG,
-    reason::INVALID_TEXT,
-    reason::SELF_DELEGATION,
-    reason::DANGLING_DELEGATION,
-    reason::DELEGATION_CYCLE,
-    reason::DELEGATION_TOO_DEEP,
-    reason::MISSING_PROXY_BINDING,
-    reason::UNCONFIGURED_STEP,
-    reason::TOO_MANY_VIOLATIONS,
-];
+const REASONS: &[&str] = reason::POLICY;
 
 struct Inner {
     registry: Registry,

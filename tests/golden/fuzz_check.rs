@@ -27,29 +27,7 @@ use crate::paths;
 use crate::protojson;
 
 /// Every reason a policy violation may carry (the proto documents the same list).
-pub const POLICY_REASONS: &[&str] = &[
-    reason::REQUIRED,
-    reason::UNCONFIGURED_STEP,
-    reason::INVALID_ID,
-    reason::NO_PROVISIONER,
-    reason::SUPERSEDED_FIELD,
-    reason::INVALID_CEL,
-    reason::INVALID_CONFIG_VALUE,
-    reason::EMPTY_MULTI_STEP,
-    reason::TOO_MANY_STEPS,
-    reason::TOO_DEEP,
-    reason::TOO_MANY_NODES,
-    reason::NESTED_MULTI_STEP,
-    reason::DUPLICATE_VALUE,
-    reason::TOO_LONG,
-    reason::INVALID_TEXT,
-    reason::SELF_DELEGATION,
-    reason::DANGLING_DELEGATION,
-    reason::DELEGATION_CYCLE,
-    reason::DELEGATION_TOO_DEEP,
-    reason::MISSING_PROXY_BINDING,
-    reason::TOO_MANY_VIOLATIONS,
-];
+pub const POLICY_REASONS: &[&str] = reason::POLICY;
 
 /// One fuzz input: never panics unless an invariant is broken.
 pub fn check_request_bytes(data: &[u8]) {
