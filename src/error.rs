@@ -341,8 +341,8 @@ impl From<Error> for tonic::Status {
             } => {
                 let message = format!(
                     "the cursor names position {given} of the change log, past its head ({head}): \
-                     was the store restored from an older backup? List again and watch from the \
-                     new read_at"
+                     was the store restored from an older backup? Take a new cursor: list again \
+                     and watch from the new read_at, or read without `at_least_as_fresh`"
                 );
                 let metadata = HashMap::from([("head_cursor".to_owned(), head_cursor)]);
                 (Code::OutOfRange, "CURSOR_AHEAD", message, metadata)
@@ -443,6 +443,16 @@ impl From<Error> for tonic::Status {
                     Code::FailedPrecondition,
                     "PROXY_BINDING_IN_USE",
                     "the proxy binding is in use".to_owned(),
+                    HashMap::new(),
+                ),
+                // The service turns this into CursorAhead, with the head's cursor; kept
+                // exhaustive all the same.
+                StoreError::CursorAhead { given, head } => (
+                    Code::OutOfRange,
+                    "CURSOR_AHEAD",
+                    format!(
+                        "the cursor names position {given} of the change log, past its head ({head})"
+                    ),
                     HashMap::new(),
                 ),
                 StoreError::Unavailable(source) => {

@@ -230,6 +230,7 @@ async fn implicit_delegation_creates_its_binding_with_the_write_only() {
     client.set_provision_policy(dry).await.expect("dry run");
     let answer = client
         .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+            consistency: None,
             policy: Some(resource(github.clone(), delegated(&okta, true))),
         })
         .await

@@ -48,6 +48,7 @@ async fn every_example_validates_and_sets_cleanly_in_file_order() {
 
         let validated = client
             .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+                consistency: None,
                 policy: Some(resource.clone()),
             })
             .await

@@ -392,6 +392,7 @@ async fn validate_answers_ok_with_violations_as_data_and_agrees_with_set() {
     let invalid = resource(entitlement("a", "b"), multi_step(vec![webhook("bad id!")]));
     let answer = client
         .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+            consistency: None,
             policy: Some(invalid.clone()),
         })
         .await
@@ -416,6 +417,7 @@ async fn validate_answers_ok_with_violations_as_data_and_agrees_with_set() {
     let valid = resource(entitlement("a", "b"), webhook("good"));
     let answer = client
         .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+            consistency: None,
             policy: Some(valid.clone()),
         })
         .await
@@ -447,6 +449,7 @@ async fn nesting_beyond_our_limit_is_a_field_violation_and_beyond_prost_an_error
     };
     let answer = client
         .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+            consistency: None,
             policy: Some(resource(entitlement("a", "b"), nest(10))),
         })
         .await
@@ -461,6 +464,7 @@ async fn nesting_beyond_our_limit_is_a_field_violation_and_beyond_prost_an_error
     // prost stops decoding at 100 message levels (two per MultiStep level), before our code runs.
     let status = client
         .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+            consistency: None,
             policy: Some(resource(entitlement("a", "b"), nest(60))),
         })
         .await
@@ -533,6 +537,7 @@ async fn a_flood_of_bad_ids_gives_a_bounded_answer() {
     let flood = resource(entitlement("a", "b"), manual(&ids));
     let answer = client
         .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+            consistency: None,
             policy: Some(flood.clone()),
         })
         .await

@@ -487,6 +487,7 @@ async fn listing_pages_stay_at_the_first_pages_snapshot() {
         app_id: "list-app".into(),
         page_size: 2,
         page_token,
+        consistency: None,
     };
     let first = client
         .list_provision_policies(request(String::new()))
@@ -562,6 +563,7 @@ async fn listing_pages_stay_at_the_first_pages_snapshot() {
             app_id: "bad app".into(),
             page_size: -3,
             page_token: "zz".into(),
+            consistency: None,
         })
         .await
         .expect_err("bad request");

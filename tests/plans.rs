@@ -318,6 +318,7 @@ async fn dependents_follow_sets_deletes_and_rollbacks_and_writes_count_them() {
     // The blast radius of changing t, before (Validate) and at (Set) the write.
     let validated = client
         .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+            consistency: None,
             policy: Some(resource(t.clone(), webhook("t2"))),
         })
         .await

@@ -831,6 +831,7 @@ async fn validate_and_a_validate_only_set_agree() {
                 runtime.block_on(async move {
                     let validated = client
                         .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+                            consistency: None,
                             policy: request.policy.clone(),
                         })
                         .await

@@ -155,6 +155,7 @@ async fn refuses_cycles(first: &mut Client, second: &mut Client) -> bool {
         .expect("set the probe");
     let answer = second
         .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+            consistency: None,
             policy: Some(resource(q, delegated_to(&p))),
         })
         .await

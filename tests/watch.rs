@@ -284,6 +284,7 @@ async fn list_then_watch_rebuilds_the_true_state_while_writes_run() {
     };
     let mut state: BTreeMap<String, pb::EntitlementProvisionPolicy> = BTreeMap::new();
     let mut request = pb::ListProvisionPoliciesRequest {
+        consistency: None,
         app_id: "lw".into(),
         page_size: 3,
         page_token: String::new(),
@@ -304,6 +305,7 @@ async fn list_then_watch_rebuilds_the_true_state_while_writes_run() {
     };
     writer.await.unwrap();
     let truth_request = pb::ListProvisionPoliciesRequest {
+        consistency: None,
         app_id: "lw".into(),
         page_size: 1000,
         page_token: String::new(),

@@ -197,6 +197,8 @@ async fn current(
     let request = pb::GetProvisionPolicyRequest {
         entitlement: Some(reference),
         revision: 0,
+        // The default, fully_consistent: a pipeline reads what it just wrote.
+        consistency: None,
     };
     match client.get_provision_policy(request).await {
         Ok(response) => Ok(response.into_inner().policy),

@@ -33,6 +33,8 @@ pub async fn get(cli: &Cli, entitlement: &str, revision: Option<i64>) -> Exit {
     let request = pb::GetProvisionPolicyRequest {
         entitlement: Some(reference),
         revision: revision.unwrap_or(0),
+        // The default, fully_consistent: a pipeline reads what it just wrote.
+        consistency: None,
     };
     let policy = match client.get_provision_policy(request).await {
         Ok(response) => response.into_inner().policy.unwrap_or_default(),
@@ -138,6 +140,8 @@ pub async fn rollback(cli: &Cli, entitlement: &str, to: i64, yes: bool) -> Exit 
         .get_provision_policy(pb::GetProvisionPolicyRequest {
             entitlement: Some(reference.clone()),
             revision: to,
+            // The default, fully_consistent: a pipeline reads what it just wrote.
+            consistency: None,
         })
         .await
     {
@@ -150,6 +154,8 @@ pub async fn rollback(cli: &Cli, entitlement: &str, to: i64, yes: bool) -> Exit 
         .get_provision_policy(pb::GetProvisionPolicyRequest {
             entitlement: Some(reference.clone()),
             revision: 0,
+            // The default, fully_consistent: a pipeline reads what it just wrote.
+            consistency: None,
         })
         .await
     {
@@ -213,6 +219,8 @@ pub async fn delete(cli: &Cli, entitlement: &str, yes: bool) -> Exit {
         .get_provision_policy(pb::GetProvisionPolicyRequest {
             entitlement: Some(reference.clone()),
             revision: 0,
+            // The default, fully_consistent: a pipeline reads what it just wrote.
+            consistency: None,
         })
         .await
     {

@@ -71,6 +71,7 @@ pub async fn run(cli: &Cli, files: &Files, fail_on_warn: bool) -> Exit {
             Some(client) => {
                 let request = pb::ValidateProvisionPolicyRequest {
                     policy: Some(resource),
+                    consistency: None,
                 };
                 match client.validate_provision_policy(request).await {
                     Ok(response) => {

@@ -8,6 +8,7 @@
 
 mod cel;
 mod connector;
+pub mod consistency;
 pub mod dependents;
 pub mod graph;
 mod ids;

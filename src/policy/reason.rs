@@ -58,5 +58,7 @@ pub const INVALID_PAGE_TOKEN: &str = "INVALID_PAGE_TOKEN";
 pub const INVALID_CURSOR: &str = "INVALID_CURSOR";
 /// A duration out of its range.
 pub const INVALID_DURATION: &str = "INVALID_DURATION";
+/// A `consistency` mode set to false.
+pub const INVALID_CONSISTENCY: &str = "INVALID_CONSISTENCY";
 /// Two request fields of which at most one may be set.
 pub const CONFLICTING_FIELDS: &str = "CONFLICTING_FIELDS";

@@ -5,12 +5,13 @@ use tracing::Instrument;
 use crate::error::Error;
 use crate::pb;
 use crate::policy;
+use crate::policy::consistency::{self, ConsistencyError, Freshness};
 use crate::policy::lifecycle;
 use crate::policy::tokens::{PolicyPage, RevisionPage};
 use crate::store::record::{clear_output_fields, etag, revision_of_etag, timestamp};
 use crate::store::{
     Delete, DeleteOutcome, PolicyQuery, RevisionQuery, Store, StoreError, StoredRevision, Write,
-    WriteOutcome,
+    WriteOutcome, read_position,
 };
 
 use super::{cursor_of, plans};
@@ -34,16 +35,66 @@ pub(super) async fn get(
     if !problems.is_empty() {
         return Err(Error::InvalidRequest(problems));
     }
+    let freshness = freshness_of(store, request.consistency.as_ref())?;
     let entitlement = request.entitlement.unwrap_or_default();
-    let revision = (request.revision > 0).then_some(request.revision);
-    let record = store.get(&entitlement, revision).await?;
+    let (record, at) = match (request.revision > 0).then_some(request.revision) {
+        None => {
+            let served = store
+                .get_current(&entitlement, freshness)
+                .await
+                .map_err(|error| read_error(store, error))?;
+            (served.value, served.at)
+        }
+        // Revisions never change: the database has every one there is.
+        Some(revision) => {
+            let at = database_position(store, freshness).await?;
+            (store.get(&entitlement, Some(revision)).await?, at)
+        }
+    };
     let record = record.ok_or(Error::NotFound {
         entitlement,
-        revision,
+        revision: (request.revision > 0).then_some(request.revision),
     })?;
     Ok(pb::GetProvisionPolicyResponse {
         policy: Some(record.into_resource()),
+        served_at: cursor_of(store, at),
     })
+}
+
+/// The freshness a request's `consistency` asks for.
+fn freshness_of(
+    store: &impl Store,
+    consistency: Option<&pb::Consistency>,
+) -> Result<Freshness, Error> {
+    consistency::parse(consistency, store.store_id()).map_err(|error| match error {
+        ConsistencyError::Invalid(violations) => Error::InvalidRequest(violations),
+        ConsistencyError::Cursor(violations) => Error::InvalidCursor(violations),
+    })
+}
+
+/// The position a read that goes to the database itself is served at. Such a read sees every
+/// commit before it, so `fully_consistent` needs no round trip for the head: the head this
+/// replica knows is a true lower bound. A cursor ahead of the log is still refused.
+async fn database_position(store: &impl Store, freshness: Freshness) -> Result<u64, Error> {
+    let freshness = match freshness {
+        Freshness::Latest => Freshness::Any,
+        other => other,
+    };
+    read_position(store, freshness)
+        .await
+        .map_err(|error| read_error(store, error))
+}
+
+/// A read's store error, with the head's cursor for one ahead of the log.
+fn read_error(store: &impl Store, error: StoreError) -> Error {
+    match error {
+        StoreError::CursorAhead { given, head } => Error::CursorAhead {
+            given,
+            head,
+            head_cursor: cursor_of(store, head),
+        },
+        other => Error::from(other),
+    }
 }
 
 /// `actor` is the caller's principal, from the transport.
@@ -80,6 +131,9 @@ pub(super) async fn validate(
     store: &impl Store,
     request: pb::ValidateProvisionPolicyRequest,
 ) -> Result<pb::ValidateProvisionPolicyResponse, Error> {
+    let freshness = freshness_of(store, request.consistency.as_ref())?;
+    // Before the reads: they see at least every change up to it.
+    let at = database_position(store, freshness).await?;
     let mut resource = request.policy.unwrap_or_default();
     clear_output_fields(&mut resource);
     let mut violations = check_static(&resource);
@@ -103,6 +157,7 @@ pub(super) async fn validate(
         valid: !policy::has_errors(&violations),
         violations,
         dependent_count,
+        served_at: cursor_of(store, at),
     })
 }
 
@@ -113,9 +168,12 @@ pub(super) async fn list(
     let page = lifecycle::parse_list_policies_request(&request, store.store_id())
         .map_err(Error::InvalidRequest)?;
     // Every page reads at the first page's position; later writes are the Watch's to tell.
+    let freshness = freshness_of(store, request.consistency.as_ref())?;
     let at = match &page.continues {
         Some(token) => token.read_at.seq,
-        None => store.head().await?,
+        None => read_position(store, freshness)
+            .await
+            .map_err(|error| read_error(store, error))?,
     };
     // One more than the page holds tells whether another page follows.
     let query = PolicyQuery {

@@ -28,6 +28,8 @@ use super::{
     Store, StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
 };
 use crate::pb;
+use crate::policy::consistency::Freshness;
+use crate::store::current::Served;
 
 /// Counts the store reads at scrape time.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -170,6 +172,7 @@ impl StoreMetrics {
             StoreError::NotFound => "not_found",
             StoreError::HasDependants { .. } => "has_dependants",
             StoreError::InUse { .. } => "in_use",
+            StoreError::CursorAhead { .. } => "cursor_ahead",
             StoreError::Unavailable(_) => "unavailable",
             StoreError::Internal(_) => "internal",
         };
@@ -222,6 +225,16 @@ impl<S: Store> Observed<S> {
 }
 
 impl<S: Store> Store for Observed<S> {
+    async fn get_current(
+        &self,
+        entitlement: &pb::EntitlementRef,
+        freshness: Freshness,
+    ) -> Result<Served<Option<StoredRevision>>, StoreError> {
+        self.metrics
+            .read("get", self.inner.get_current(entitlement, freshness))
+            .await
+    }
+
     async fn get(
         &self,
         entitlement: &pb::EntitlementRef,

@@ -20,7 +20,10 @@ pub mod changes;
 #[cfg(test)]
 pub(crate) mod contract;
 #[cfg(test)]
+pub(crate) mod contract_current;
+#[cfg(test)]
 pub(crate) mod contract_log;
+pub mod current;
 pub(crate) mod head;
 pub mod metrics;
 pub mod postgres;
@@ -31,7 +34,9 @@ use std::future::Future;
 use std::time::SystemTime;
 
 use crate::pb;
+use crate::policy::consistency::Freshness;
 use crate::policy::{Lookup, LookupError, Snapshot};
+use current::Served;
 use metrics::StoreGauges;
 
 /// One stored revision of an entitlement's resource.
@@ -212,6 +217,9 @@ pub enum StoreError {
     /// The binding to delete is in use: the current resources of `dependents` delegate through it.
     #[error("in use")]
     InUse { dependents: Vec<pb::EntitlementRef> },
+    /// A read asked to be at least as fresh as log position `given`, past the log's `head`.
+    #[error("cursor {given} ahead of the log head {head}")]
+    CursorAhead { given: u64, head: u64 },
     /// The backend cannot serve now (busy, disk full, connection lost); a retry may succeed.
     #[error("storage unavailable")]
     Unavailable(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
@@ -228,6 +236,14 @@ pub trait Store: Send + Sync + 'static {
         entitlement: &pb::EntitlementRef,
         revision: Option<i64>,
     ) -> impl Future<Output = Result<Option<StoredRevision>, StoreError>> + Send;
+
+    /// The current resource of `entitlement`, if it has one, as fresh as `freshness` asks,
+    /// with the log position it was served at (see `current.rs`).
+    fn get_current(
+        &self,
+        entitlement: &pb::EntitlementRef,
+        freshness: Freshness,
+    ) -> impl Future<Output = Result<Served<Option<StoredRevision>>, StoreError>> + Send;
 
     /// Applies `write` atomically: precondition, check and write in one transaction.
     fn write(&self, write: Write) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;
@@ -322,6 +338,26 @@ pub trait Store: Send + Sync + 'static {
 
     /// Flushes and closes the backend; called once serving has stopped.
     fn close(&self) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+/// The log position a read of the database must be at least as fresh as, for `freshness`:
+/// reads of the database see every commit before them, so this is the position they are
+/// served at. `Latest` reads the head from the database; `Any` takes the head this process
+/// knows; `AtLeast` takes that when it is fresh enough, and refuses a cursor past the head.
+pub async fn read_position(store: &impl Store, freshness: Freshness) -> Result<u64, StoreError> {
+    let known = *store.subscribe().borrow();
+    match freshness {
+        Freshness::Any => Ok(known),
+        Freshness::AtLeast(given) if given <= known => Ok(known),
+        Freshness::AtLeast(given) => {
+            let head = store.head().await?;
+            match given > head {
+                true => Err(StoreError::CursorAhead { given, head }),
+                false => Ok(head),
+            }
+        }
+        Freshness::Latest => store.head().await,
+    }
 }
 
 /// One `store.commit` span under each caller's span, all open until dropped (after the COMMIT):

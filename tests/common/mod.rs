@@ -144,6 +144,7 @@ pub fn get_request(
     pb::GetProvisionPolicyRequest {
         entitlement: Some(entitlement),
         revision,
+        consistency: None,
     }
 }
 

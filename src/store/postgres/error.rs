@@ -79,6 +79,8 @@ pub enum OpenError {
     },
     #[error("cannot build the PostgreSQL connection pool: {0}")]
     Pool(#[from] deadpool_postgres::BuildError),
+    #[error("cannot load the current policies from PostgreSQL: {}", chain(.0))]
+    Load(#[source] crate::store::StoreError),
     #[error("cannot start the PostgreSQL writer thread")]
     Spawn(#[source] io::Error),
 }

@@ -1,57 +1,68 @@
-//! Keeping [`Store::subscribe`](crate::store::Store::subscribe) current with the commits of
-//! other replicas. Every writer sends a NOTIFY with each commit that wrote something; a task of
-//! each store LISTENs on a connection of its own and reads the head when told. Notifications are
-//! lost while that connection is down (and the server drops them under pressure), so the task
-//! also reads the head every [`POLL`]: a notification only makes the news arrive sooner.
+//! Keeping this replica current with the commits of every replica: the head
+//! ([`Store::subscribe`](crate::store::Store::subscribe)) and the in-memory current revisions
+//! (`store/current.rs`), both from the change log.
+//!
+//! One task owns a connection of its own (the feed): it LISTENs there for the NOTIFY every
+//! writer sends with each commit, and reads the head and the log entries after what memory has
+//! applied, in order. Notifications are lost while that connection is down (and the server
+//! drops them under pressure), so the task also reads the head every [`POLL`], when this
+//! process commits, and when a read waits for a position memory has not reached. Every query
+//! has a deadline: a connection that stopped answering (killed, or a network gone silent) is
+//! closed and made again, and meanwhile reads that need fresher state read the database.
 
+use std::pin::pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::Pool;
 use tokio::sync::Notify;
-use tokio::task::{AbortHandle, JoinHandle};
-use tokio_postgres::AsyncMessage;
+use tokio::task::AbortHandle;
+use tokio_postgres::{AsyncMessage, Client, IsolationLevel};
 use tokio_postgres_rustls::MakeRustlsConnect;
+use tokio_stream::StreamExt;
 
-use super::error::chain;
+use super::error::{Failure, chain};
 use super::queries;
+use crate::store::StoreError;
 use crate::store::changes::HeadPublisher;
+use crate::store::current::{Current, Loading};
 
 /// How often the head is read without being told.
 const POLL: Duration = Duration::from_millis(500);
-/// How long a failed LISTEN connection waits before it is made again.
+/// How long a failed feed connection waits before it is made again.
 const RECONNECT: Duration = Duration::from_secs(1);
+/// The most any one query of the feed (or its connect) may take before the connection is
+/// deemed stalled.
+const DEADLINE: Duration = Duration::from_secs(5);
+/// Log entries read per query while catching up.
+const BATCH: i64 = 1000;
 
-/// What the task LISTENs on: `None` to rely on polling alone.
-pub(super) struct Listen {
+/// Where the feed connects.
+pub(super) struct Feed {
     pub config: tokio_postgres::Config,
     pub tls: MakeRustlsConnect,
-    pub channel: String,
+    /// The channel to LISTEN on: `None` to rely on polling alone.
+    pub channel: Option<String>,
 }
 
-/// The running task; dropping it stops the task (and its LISTEN connection).
+/// The running task; dropping it stops the task (and its connection).
 pub(super) struct Follower(AbortHandle);
 
 impl Follower {
-    pub(super) fn spawn(pool: Pool, head: HeadPublisher, listen: Option<Listen>) -> Self {
+    pub(super) fn spawn(feed: Feed, head: HeadPublisher, current: Arc<Current>) -> Self {
         let task = tokio::spawn(async move {
-            let told = Arc::new(Notify::new());
-            let _listener = listen.map(|listen| {
-                let told = Arc::clone(&told);
-                StopOnDrop(tokio::spawn(listen_forever(listen, told)))
-            });
-            let mut poll = tokio::time::interval(POLL);
-            poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
-                tokio::select! {
-                    _ = poll.tick() => {}
-                    () = told.notified() => {}
+                match follow(&feed, &head, &current).await {
+                    Err(err) => tracing::warn!(
+                        error = %chain(&*err),
+                        "the PostgreSQL change feed connection failed; reconnecting (reads that \
+                         need fresher state than memory read the database meanwhile)"
+                    ),
+                    Ok(()) => tracing::warn!(
+                        "the server closed the PostgreSQL change feed connection; reconnecting"
+                    ),
                 }
-                match read_head(&pool).await {
-                    Ok(seq) => head.advance(seq),
-                    // The next poll tries again; reads and writes report outages themselves.
-                    Err(err) => tracing::debug!(error = %chain(&*err), "cannot read the log head"),
-                }
+                tokio::time::sleep(RECONNECT).await;
             }
         });
         Self(task.abort_handle())
@@ -68,64 +79,139 @@ impl Drop for Follower {
     }
 }
 
-struct StopOnDrop(JoinHandle<()>);
+type FeedError = Box<dyn std::error::Error + Send + Sync>;
 
-impl Drop for StopOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
+/// Within [`DEADLINE`], or a stall.
+async fn timely<T, E: Into<FeedError>>(
+    what: &'static str,
+    work: impl Future<Output = Result<T, E>>,
+) -> Result<T, FeedError> {
+    match tokio::time::timeout(DEADLINE, work).await {
+        Ok(result) => result.map_err(Into::into),
+        Err(_) => Err(format!("{what} took longer than {DEADLINE:?}").into()),
     }
 }
 
-async fn read_head(pool: &Pool) -> Result<u64, Box<dyn std::error::Error + Send + Sync>> {
-    let client = pool.get().await?;
-    let statement = client.prepare_cached(queries::HEAD).await?;
-    let head: i64 = client.query_one(&statement, &[]).await?.try_get(0)?;
-    Ok(u64::try_from(head)?)
-}
-
-async fn listen_forever(listen: Listen, told: Arc<Notify>) {
-    loop {
-        match listen_once(&listen, &told).await {
-            Err(err) => tracing::warn!(
-                error = %chain(&err),
-                "the PostgreSQL LISTEN connection failed; polling until it is back"
-            ),
-            Ok(()) => tracing::warn!(
-                "the server closed the PostgreSQL LISTEN connection; polling until it is back"
-            ),
-        }
-        tokio::time::sleep(RECONNECT).await;
-    }
-}
-
-/// Listens until the connection ends: `Ok` when the server closed it.
-async fn listen_once(listen: &Listen, told: &Notify) -> Result<(), tokio_postgres::Error> {
-    let (client, mut connection) = listen.config.connect(listen.tls.clone()).await?;
-    let forward = async {
+/// Follows the log on one connection until it fails: `Ok` when the server closed it.
+async fn follow(feed: &Feed, head: &HeadPublisher, current: &Current) -> Result<(), FeedError> {
+    let (client, mut connection) =
+        timely("connecting", feed.config.connect(feed.tls.clone())).await?;
+    let told = Notify::new();
+    // Drives the connection and forwards its notifications.
+    let drive = async {
         loop {
             match std::future::poll_fn(|cx| connection.poll_message(cx)).await {
                 Some(Ok(AsyncMessage::Notification(_))) => told.notify_one(),
                 Some(Ok(_)) => {}
-                Some(Err(err)) => return Err(err),
+                Some(Err(err)) => return Err(FeedError::from(err)),
                 None => return Ok(()),
             }
         }
     };
-    let subscribe = async {
-        match client
-            .batch_execute(&format!("LISTEN {}", listen.channel))
-            .await
-        {
-            // Commits made while not listening are caught up at once.
-            Ok(()) => {
-                told.notify_one();
-                std::future::pending().await
+    let work = async {
+        if let Some(channel) = &feed.channel {
+            timely("LISTEN", client.batch_execute(&format!("LISTEN {channel}"))).await?;
+        }
+        // Named in a comment, so that pg_stat_activity tells the feed from the pool's reads.
+        let tag = match feed.channel {
+            Some(_) => "/* provisiond change feed, listening */",
+            None => "/* provisiond change feed, polling */",
+        };
+        let statements = (
+            timely(
+                "preparing",
+                client.prepare(&format!("{} {tag}", queries::HEAD)),
+            )
+            .await?,
+            timely(
+                "preparing",
+                client.prepare(&format!("{} {tag}", queries::READ_CHANGES)),
+            )
+            .await?,
+        );
+        let mut poll = tokio::time::interval(POLL);
+        poll.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut committed = head.subscribe();
+        loop {
+            // First at once: commits made while not connected are caught up.
+            catch_up(&client, &statements, head, current).await?;
+            committed.borrow_and_update();
+            tokio::select! {
+                _ = poll.tick() => {}
+                () = told.notified() => {}
+                () = current.wanted() => {}
+                _ = committed.changed() => {}
             }
-            Err(err) => Err(err),
         }
     };
     tokio::select! {
-        err = forward => err,
-        err = subscribe => err,
+        result = drive => result,
+        result = work => result,
     }
+}
+
+/// Reads the head, and the log entries up to it that memory has not applied.
+async fn catch_up(
+    client: &Client,
+    (head_statement, changes_statement): &(tokio_postgres::Statement, tokio_postgres::Statement),
+    head: &HeadPublisher,
+    current: &Current,
+) -> Result<(), FeedError> {
+    let row = timely(
+        "reading the log head",
+        client.query_one(head_statement, &[]),
+    )
+    .await?;
+    let seq = queries::seq_from_column(row.try_get(0)?)?;
+    head.advance(seq);
+    while current.at() < seq {
+        let after = queries::seq_param(current.at());
+        let rows = timely(
+            "reading the change log",
+            client.query(changes_statement, &[&after, &BATCH]),
+        )
+        .await?;
+        let sets = rows
+            .iter()
+            .map(queries::change_from_row)
+            .collect::<Result<Vec<_>, _>>()?;
+        // The log is gap-free: anything else is a bug or a broken database, never skipped.
+        let follows = sets
+            .iter()
+            .zip(current.at() + 1..)
+            .all(|(set, expected)| set.seq == expected);
+        if sets.is_empty() || !follows {
+            return Err(format!(
+                "the change log does not follow on from position {} up to its head {seq}",
+                current.at()
+            )
+            .into());
+        }
+        current.apply_log(&sets)?;
+    }
+    Ok(())
+}
+
+/// Every live current revision and the log position they are at, read in one snapshot, the
+/// rows one at a time (100k policies are never all in memory twice).
+pub(super) async fn load(pool: &Pool) -> Result<Current, StoreError> {
+    let mut client = pool.get().await.map_err(Failure::Pool)?;
+    let tx = client
+        .build_transaction()
+        .isolation_level(IsolationLevel::RepeatableRead)
+        .read_only(true)
+        .start()
+        .await?;
+    let at = queries::seq_from_column(tx.query_one(queries::HEAD, &[]).await?.try_get(0)?)?;
+    let mut loading = Loading::default();
+    let rows = tx
+        .query_raw(queries::ALL_CURRENT, std::iter::empty::<i64>())
+        .await?;
+    let mut rows = pin!(rows);
+    while let Some(row) = rows.next().await {
+        let (key, record) = queries::encoded_from_row(&row?)?;
+        loading.add(key, record);
+    }
+    tx.commit().await?;
+    Ok(loading.finish(at))
 }

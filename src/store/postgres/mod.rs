@@ -33,6 +33,7 @@ mod writer;
 
 use std::future::Future;
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Object, Pool, RecyclingMethod, Runtime};
@@ -42,19 +43,21 @@ use tokio_postgres::types::ToSql;
 
 pub use self::error::OpenError;
 use self::error::{Failure, chain, connection_lost};
-use self::follow::{Follower, Listen};
+use self::follow::{Feed, Follower};
 use self::locks::{LockKey, changes_channel};
 use self::lookup::{LookupStatements, SnapshotStatements, run_check, run_snapshot};
 pub use self::tls::CaSource;
 use self::tls::Tls;
 use self::writer::{Done, Job, Op, Writer};
 use super::changes::{ChangeSet, HeadPublisher};
+use super::current::{self, Current, Served};
 use super::metrics::{StoreGauges, StoreMetrics};
 use super::{
     BindingQuery, Delete, DeleteOutcome, HistoryEntry, PolicyQuery, RevisionQuery, Store,
     StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
 };
 use crate::pb;
+use crate::policy::consistency::Freshness;
 
 /// The `application_name` of every connection unless the URL sets one: how operators find
 /// provisiond's sessions in `pg_stat_activity`.
@@ -82,6 +85,8 @@ pub struct PostgresStore {
     target: String,
     store_id: String,
     head: HeadPublisher,
+    /// Every live policy's current revision, kept current from the change log by `follower`.
+    current: Arc<Current>,
     follower: Follower,
     metrics: StoreMetrics,
 }
@@ -143,11 +148,11 @@ impl PostgresStore {
             metrics.clone(),
         )
         .await?;
-        let listen = listen.then(|| Listen {
+        let feed = Feed {
             config: config.clone(),
             tls: tls.connector.clone(),
-            channel: changes_channel(&opened.schema),
-        });
+            channel: listen.then(|| changes_channel(&opened.schema)),
+        };
         let manager = Manager::from_config(
             config,
             tls.connector,
@@ -164,13 +169,16 @@ impl PostgresStore {
             .create_timeout(Some(CONNECT_TIMEOUT))
             .recycle_timeout(Some(CONNECT_TIMEOUT))
             .build()?;
-        let follower = Follower::spawn(pool.clone(), head.clone(), listen);
+        let current = Arc::new(follow::load(&pool).await.map_err(OpenError::Load)?);
+        head.advance(current.at());
+        let follower = Follower::spawn(feed, head.clone(), Arc::clone(&current));
         Ok(Self {
             writer,
             pool,
             target,
             store_id: opened.store_id,
             head,
+            current,
             follower,
             metrics,
         })
@@ -427,6 +435,22 @@ async fn migrate(
 }
 
 impl Store for PostgresStore {
+    /// From memory when it has reached the position the read needs, else from the database.
+    async fn get_current(
+        &self,
+        entitlement: &pb::EntitlementRef,
+        freshness: Freshness,
+    ) -> Result<Served<Option<StoredRevision>>, StoreError> {
+        current::serve(
+            &self.current,
+            freshness,
+            |current| current.get(entitlement),
+            || self.head(),
+            || self.get(entitlement, None),
+        )
+        .await
+    }
+
     async fn get(
         &self,
         entitlement: &pb::EntitlementRef,

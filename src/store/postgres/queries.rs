@@ -8,6 +8,7 @@ use tokio_postgres::{Client, Row, Statement};
 use super::error::Failure;
 use crate::pb;
 use crate::store::changes::{self, ChangeSet};
+use crate::store::current::EncodedRevision;
 use crate::store::{HistoryEntry, StoreError, StoredBinding, StoredRevision};
 
 /// Now, in unix microseconds, by the database's clock: one clock for every replica.
@@ -20,6 +21,15 @@ pub(super) const CURRENT: &str = "
     JOIN revisions AS r
       ON r.app_id = p.app_id AND r.entitlement_id = p.entitlement_id AND r.revision = p.revision
     WHERE p.app_id = $1 AND p.entitlement_id = $2 AND NOT p.deleted";
+
+/// Every live current revision with its key, for the in-memory state at open.
+pub(super) const ALL_CURRENT: &str = "
+    SELECT p.resource, p.revision, p.create_time, p.update_time, r.change_seq,
+           r.actor, r.change_cause, p.app_id, p.entitlement_id
+    FROM policies AS p
+    JOIN revisions AS r
+      ON r.app_id = p.app_id AND r.entitlement_id = p.entitlement_id AND r.revision = p.revision
+    WHERE NOT p.deleted";
 
 /// One statement, so the revision and the create time (that of revision 1) come from one
 /// snapshot.
@@ -274,6 +284,29 @@ pub(super) fn revision_from_row(row: &Row) -> Result<StoredRevision, StoreError>
         actor: row.try_get(5)?,
         change_cause: row.try_get(6)?,
     })
+}
+
+/// A row of [`ALL_CURRENT`]: its key, and the revision with the resource left encoded (one
+/// that is out of range is its own error, not the whole load's).
+pub(super) fn encoded_from_row(
+    row: &Row,
+) -> Result<(pb::EntitlementRef, Result<EncodedRevision, StoreError>), StoreError> {
+    let key = pb::EntitlementRef {
+        app_id: row.try_get(7)?,
+        entitlement_id: row.try_get(8)?,
+    };
+    let record = (|| {
+        Ok(EncodedRevision {
+            resource: row.try_get::<_, Vec<u8>>(0)?,
+            revision: row.try_get(1)?,
+            create_time: time_from_micros(row.try_get(2)?)?,
+            update_time: time_from_micros(row.try_get(3)?)?,
+            change_seq: seq_from_column(row.try_get(4)?)?,
+            actor: row.try_get(5)?,
+            change_cause: row.try_get(6)?,
+        })
+    })();
+    Ok((key, record))
 }
 
 /// [`revision_from_row`] followed by `deleted`.

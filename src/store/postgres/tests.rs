@@ -162,6 +162,9 @@ mod store_contract {
     crate::store::contract_log::store_log_contract_tests!(PostgresBackend {
         schema: schema_or_skip!()
     });
+    crate::store::contract_current::store_current_contract_tests!(PostgresBackend {
+        schema: schema_or_skip!()
+    });
 }
 
 fn key(n: usize) -> pb::EntitlementRef {

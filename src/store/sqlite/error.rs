@@ -106,8 +106,6 @@ pub(super) enum Failure {
     BlockingTask(#[source] tokio::task::JoinError),
     #[error("a stored resource does not decode")]
     Decode(#[source] prost::DecodeError),
-    #[error("the stored current revision did not decode when the store opened")]
-    Undecodable,
     #[error("a stored time ({0} µs) is out of range")]
     Time(i64),
     #[error("a change log position ({0}) is out of range")]
@@ -127,7 +125,6 @@ impl From<Failure> for StoreError {
             | Failure::CheckPanicked
             | Failure::BlockingTask(_)
             | Failure::Decode(_)
-            | Failure::Undecodable
             | Failure::Time(_)
             | Failure::Sequence(_)
             | Failure::Change(_) => StoreError::Internal(Box::new(failure)),

@@ -6,7 +6,6 @@
 //! code of unbounded cost) and `list_bindings` (a caller-sized page) on a blocking thread.
 //! An exclusive lock file keeps a second process off the data dir.
 
-mod current;
 mod dependants;
 mod error;
 mod lookup;
@@ -23,7 +22,6 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
-use self::current::Current;
 use self::dependants::Dependants;
 use self::error::Failure;
 pub use self::error::OpenError;
@@ -34,12 +32,14 @@ use self::reads::ReadPool;
 use self::writer::Job;
 use self::writer::{Answer, Writer};
 use super::changes::{ChangeSet, HeadPublisher};
+use super::current::{self, Current, Loading, Served};
 use super::metrics::{StoreGauges, StoreMetrics};
 use super::{
     BindingQuery, Delete, DeleteOutcome, HistoryEntry, PolicyQuery, RevisionQuery, Store,
     StoreError, StoredBinding, StoredRevision, Write, WriteCheck, WriteOutcome,
 };
 use crate::pb;
+use crate::policy::consistency::Freshness;
 
 /// What the health probe writes: one page of the database.
 const PROBE_BYTES: usize = 4096;
@@ -82,7 +82,7 @@ impl SqliteStore {
             path: path.clone(),
             source: err.into(),
         })?);
-        let current = Arc::new(Current::load(&conn).map_err(|err| OpenError::Log {
+        let current = Arc::new(load_current(&conn, seq).map_err(|err| OpenError::Log {
             path: path.clone(),
             source: Box::new(err),
         })?);
@@ -133,7 +133,36 @@ async fn answered<T>(queued: Result<Answer<T>, StoreError>) -> Result<T, StoreEr
     queued?.await.map_err(|_| Failure::WriterStopped)?
 }
 
+/// The in-memory current revisions, loaded row by row with the stored bytes as they are.
+fn load_current(conn: &rusqlite::Connection, at: u64) -> Result<Current, StoreError> {
+    let mut loading = Loading::default();
+    queries::each_current(conn, |key, record| loading.add(key, record))?;
+    Ok(loading.finish(at))
+}
+
 impl Store for SqliteStore {
+    /// From memory, which the writer keeps exact: every freshness is served at once.
+    async fn get_current(
+        &self,
+        entitlement: &pb::EntitlementRef,
+        freshness: Freshness,
+    ) -> Result<Served<Option<StoredRevision>>, StoreError> {
+        self.readers.check_open()?;
+        current::serve(
+            &self.current,
+            freshness,
+            |current| current.get(entitlement),
+            || async { Ok(self.head.current()) },
+            || {
+                std::future::ready(
+                    self.readers
+                        .read(|conn| queries::current(conn, entitlement)),
+                )
+            },
+        )
+        .await
+    }
+
     async fn get(
         &self,
         entitlement: &pb::EntitlementRef,
@@ -143,7 +172,7 @@ impl Store for SqliteStore {
             // From memory: the writer keeps it current as it commits.
             None => {
                 self.readers.check_open()?;
-                self.current.get(entitlement)
+                self.current.get(entitlement).map(|served| served.value)
             }
             Some(revision) => self
                 .readers

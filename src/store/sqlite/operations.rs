@@ -5,7 +5,6 @@
 use prost::Message;
 use rusqlite::Connection;
 
-use super::current::CurrentChange;
 use super::dependants::EdgeChange;
 use super::error::Failure;
 use super::lookup::run_check;
@@ -14,6 +13,7 @@ use super::writer::Operation;
 use crate::pb;
 use crate::policy;
 use crate::store::changes;
+use crate::store::current::CurrentChange;
 use crate::store::head::{self, Audit, Head};
 use crate::store::record::clear_output_fields;
 use crate::store::{

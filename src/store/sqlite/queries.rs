@@ -9,6 +9,7 @@ use rusqlite::{Connection, OptionalExtension, Row, ToSql, params};
 use super::error::Failure;
 use crate::pb;
 use crate::store::changes::{self, ChangeSet};
+use crate::store::current::EncodedRevision;
 use crate::store::head::{Audit, Head};
 use crate::store::{
     BindingQuery, HistoryEntry, PolicyQuery, RevisionQuery, StoreError, StoredBinding,
@@ -56,17 +57,6 @@ pub(super) fn current(
         )
         .optional()?;
     row.map(RawRevision::decode).transpose()
-}
-
-/// A current revision with its resource still encoded as stored.
-pub(super) struct EncodedRevision {
-    pub resource: Vec<u8>,
-    pub revision: i64,
-    pub create_time: SystemTime,
-    pub update_time: SystemTime,
-    pub change_seq: u64,
-    pub actor: String,
-    pub change_cause: String,
 }
 
 /// Every live current revision by its key, handed to `each` one row at a time (100k policies

@@ -47,6 +47,7 @@ mod store_contract {
 
     crate::store::contract::store_contract_tests!(SqliteBackend::new());
     crate::store::contract_log::store_log_contract_tests!(SqliteBackend::new());
+    crate::store::contract_current::store_current_contract_tests!(SqliteBackend::new());
 }
 
 fn open_error(dir: &Path) -> OpenError {

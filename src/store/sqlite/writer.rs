@@ -13,12 +13,12 @@ use std::time::Instant;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
-use super::current::{Current, CurrentChange};
 use super::dependants::{Dependants, EdgeChange};
 use super::error::{self, Failure};
 use super::queries;
 use crate::store::StoreError;
 use crate::store::changes::HeadPublisher;
+use crate::store::current::{Current, CurrentChange};
 use crate::store::metrics::StoreMetrics;
 
 /// The most operations one transaction holds: bounds how long the first caller of a batch waits
@@ -390,13 +390,16 @@ fn answer(
             learners
                 .graph
                 .apply(answers.iter_mut().filter_map(|answer| answer.take_edges()));
+            let seq = queries::log_state(conn).map(|(_, seq)| seq);
+            // Memory first, then the head: a reader that sees the head sees memory at it.
             learners.current.apply(
                 answers
                     .iter_mut()
                     .filter_map(|answer| answer.take_current()),
+                seq.as_ref().ok().copied(),
             );
-            match queries::log_state(conn) {
-                Ok((_, seq)) => learners.head.advance(seq),
+            match seq {
+                Ok(seq) => learners.head.advance(seq),
                 // Watchers catch up with the next commit; the writes stand regardless.
                 Err(err) => tracing::warn!(
                     error = &err as &dyn std::error::Error,

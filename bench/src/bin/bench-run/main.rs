@@ -358,6 +358,7 @@ impl Bench {
         std::fs::write(
             &get,
             provisiond_bench::grpc_frame(&pb::GetProvisionPolicyRequest {
+                consistency: None,
                 entitlement: Some(fixtures::entitlement(0)),
                 revision: 0,
             }),
@@ -367,6 +368,7 @@ impl Bench {
         std::fs::write(
             &validate,
             provisiond_bench::grpc_frame(&pb::ValidateProvisionPolicyRequest {
+                consistency: None,
                 policy: Some(fixtures::five_step(fixtures::entitlement(0), 0)),
             }),
         )
@@ -513,6 +515,7 @@ async fn check_replies(echo: &Server, service: &Server, bodies: &Bodies) -> (usi
             .expect("connect");
         let get = client
             .get_provision_policy(pb::GetProvisionPolicyRequest {
+                consistency: None,
                 entitlement: Some(fixtures::entitlement(0)),
                 revision: 0,
             })
@@ -531,6 +534,7 @@ async fn check_replies(echo: &Server, service: &Server, bodies: &Bodies) -> (usi
         );
         let validate = client
             .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
+                consistency: None,
                 policy: Some(fixtures::five_step(fixtures::entitlement(0), 0)),
             })
             .await

@@ -91,13 +91,15 @@ async fn wait_for_listeners(schema: &TestSchema, expected: i64) {
     assert_eq!(listening, expected, "listening sessions");
 }
 
-/// The stores' sessions of `schema` whose last statement was a LISTEN.
+/// The stores' feed sessions of `schema` that listen: their last statement was the LISTEN or
+/// one of the feed's own, which say so.
 async fn listening_sessions(schema: &TestSchema) -> i64 {
     let client = schema.client().await;
     let row = client
         .query_one(
             "SELECT count(*) FROM pg_stat_activity
-             WHERE application_name = $1 AND query LIKE 'LISTEN %'",
+             WHERE application_name = $1
+               AND (query LIKE 'LISTEN %' OR query LIKE '%provisiond change feed, listening%')",
             &[&schema.application_name()],
         )
         .await

@@ -1,0 +1,246 @@
+//! What every backend's in-memory current state owes the reads served from it
+//! (`store/current.rs`): each freshness sees what it promises, a cursor past the log is
+//! refused, and memory equals the tables after any mix of mutations and reopens.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::contract::{Backend, delegating, entitlement, put, resource, returning, violation};
+use super::current::Served;
+use super::{Delete, PolicyQuery, Store, StoreError, StoredRevision, Write};
+use crate::pb;
+use crate::policy::consistency::Freshness;
+
+macro_rules! store_current_contract_tests {
+    ($backend:expr) => {
+        $crate::store::contract::store_contract_tests!(
+            @cases_in contract_current $backend;
+            every_freshness_sees_an_acknowledged_write,
+            a_cursor_past_the_head_is_refused,
+            memory_agrees_with_the_tables_after_random_mutations_and_reopens,
+        );
+    };
+}
+pub(crate) use store_current_contract_tests;
+
+/// A hang guard only: memory reaches the head in milliseconds.
+const WITHIN: Duration = Duration::from_secs(10);
+
+async fn current(
+    store: &impl Store,
+    key: &pb::EntitlementRef,
+    freshness: Freshness,
+) -> Served<Option<StoredRevision>> {
+    store.get_current(key, freshness).await.unwrap()
+}
+
+/// Polls `minimize_latency` until memory has reached `seq`, checking on the way that what it
+/// serves never goes back.
+async fn settled(
+    store: &impl Store,
+    key: &pb::EntitlementRef,
+    seq: u64,
+) -> Served<Option<StoredRevision>> {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    let mut last = 0;
+    loop {
+        let served = current(store, key, Freshness::Any).await;
+        assert!(
+            served.at >= last,
+            "memory went back from {last} to {}",
+            served.at
+        );
+        last = served.at;
+        if served.at >= seq {
+            return served;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "memory stayed at {} below {seq}",
+            served.at
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+pub(crate) async fn every_freshness_sees_an_acknowledged_write(backend: &impl Backend) {
+    let store = backend.open().await;
+    let key = entitlement("app", "fresh");
+    for n in 1..=3 {
+        let record =
+            super::contract::written(&store, put(resource(&key, &format!("hook-{n}")))).await;
+        let latest = current(&store, &key, Freshness::Latest).await;
+        assert_eq!(latest.value.as_ref(), Some(&record), "fully consistent");
+        assert!(latest.at >= record.change_seq);
+        let fresh = current(&store, &key, Freshness::AtLeast(record.change_seq)).await;
+        assert_eq!(fresh.value.as_ref(), Some(&record), "at least as fresh");
+        assert!(fresh.at >= record.change_seq);
+        let any = settled(&store, &key, record.change_seq).await;
+        assert_eq!(
+            any.value.as_ref(),
+            Some(&record),
+            "minimize latency, once caught up"
+        );
+    }
+    let missing = current(&store, &entitlement("app", "never"), Freshness::Latest).await;
+    assert_eq!(missing.value, None);
+    store.close().await.unwrap();
+}
+
+pub(crate) async fn a_cursor_past_the_head_is_refused(backend: &impl Backend) {
+    let store = backend.open().await;
+    let key = entitlement("app", "ahead");
+    let record = super::contract::written(&store, put(resource(&key, "hook"))).await;
+    let head = store.head().await.unwrap();
+    assert_eq!(head, record.change_seq);
+    match store.get_current(&key, Freshness::AtLeast(head + 1)).await {
+        Err(StoreError::CursorAhead { given, head: told }) => {
+            assert_eq!((given, told), (head + 1, head));
+        }
+        other => panic!("a cursor past the head was served: {other:?}"),
+    }
+    // The head itself is served, and with it the write.
+    let served = current(&store, &key, Freshness::AtLeast(head)).await;
+    assert_eq!(served.value.as_ref(), Some(&record));
+    // Any position before it is served too (memory may lag there, but not back past it).
+    let served = current(&store, &key, Freshness::AtLeast(0)).await;
+    assert!(served.value.is_none() || served.value.as_ref() == Some(&record));
+    store.close().await.unwrap();
+}
+
+/// The live policies as the tables hold them at the head: (key, revision, resource).
+async fn tables(store: &impl Store) -> (u64, BTreeMap<(String, String), StoredRevision>) {
+    let at = store.head().await.unwrap();
+    let rows = store
+        .list_policies(PolicyQuery {
+            app_id: None,
+            at,
+            after: None,
+            limit: 10_000,
+        })
+        .await
+        .unwrap();
+    let rows = rows
+        .into_iter()
+        .map(|record| {
+            let key = record.resource.entitlement.clone().unwrap();
+            ((key.app_id, key.entitlement_id), record)
+        })
+        .collect();
+    (at, rows)
+}
+
+/// Memory (served without a look at the database, once it has reached the head) against the
+/// tables, key by key.
+async fn agree(store: &impl Store, keys: &[pb::EntitlementRef], when: &str) -> usize {
+    let (at, rows) = tables(store).await;
+    for key in keys {
+        let served = settled(store, key, at).await;
+        let stored = rows.get(&(key.app_id.clone(), key.entitlement_id.clone()));
+        assert_eq!(served.value.as_ref(), stored, "{when}: {key:?}");
+    }
+    rows.len()
+}
+
+/// A random mix of writes (delegating ones among them), deletes, rollbacks (an earlier
+/// revision's resource written again), binding changes, writes that do not stand (rejected,
+/// validate-only, stale), and reopens that load memory from the tables.
+pub(crate) async fn memory_agrees_with_the_tables_after_random_mutations_and_reopens(
+    backend: &impl Backend,
+) {
+    let keys: Vec<pb::EntitlementRef> = (0..6)
+        .map(|n| entitlement("mix", &format!("e{n}")))
+        .collect();
+    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+    let mut next = move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    };
+    let mut store = Some(backend.open().await);
+    let (mut live_seen, mut reopens) = (0, 0);
+    for round in 0..240 {
+        let opened = store.as_ref().expect("open");
+        let owner = &keys[next(6) as usize];
+        let targets: Vec<_> = (0..next(3))
+            .map(|_| keys[next(6) as usize].clone())
+            .filter(|target| target != owner)
+            .collect();
+        let write = delegating(owner, targets);
+        let outcome = match next(8) {
+            0 => opened
+                .delete(Delete {
+                    entitlement: owner.clone(),
+                    expected_revision: None,
+                    validate_only: false,
+                    allow_missing: true,
+                    actor: "tester".into(),
+                    change_cause: String::new(),
+                })
+                .await
+                .map(drop),
+            1 => opened
+                .write(Write {
+                    check: returning(vec![violation("NO", pb::Severity::Error)]),
+                    ..write
+                })
+                .await
+                .map(drop),
+            2 => opened
+                .write(Write {
+                    validate_only: true,
+                    ..write
+                })
+                .await
+                .map(drop),
+            3 => opened
+                .write(Write {
+                    expected_revision: Some(999),
+                    ..write
+                })
+                .await
+                .map(drop),
+            4 => {
+                let source = keys[next(6) as usize].clone();
+                match opened
+                    .create_binding(source.clone(), owner.clone(), false)
+                    .await
+                {
+                    Err(StoreError::AlreadyExists) => opened
+                        .delete_binding(source, owner.clone())
+                        .await
+                        .or_else(|err| match err {
+                            StoreError::InUse { .. } => Ok(()),
+                            other => Err(other),
+                        }),
+                    other => other.map(drop),
+                }
+            }
+            5 => {
+                // A rollback: revision 1's resource, written again as a new revision.
+                match opened.get(owner, Some(1)).await.unwrap() {
+                    Some(old) => opened.write(put(old.resource)).await.map(drop),
+                    None => Ok(()),
+                }
+            }
+            6 if round % 3 == 0 => {
+                store.take().expect("open").close().await.unwrap();
+                store = Some(backend.open().await);
+                reopens += 1;
+                Ok(())
+            }
+            _ => opened.write(write).await.map(drop),
+        };
+        match outcome {
+            Ok(())
+            | Err(StoreError::RevisionMismatch { .. })
+            | Err(StoreError::HasDependants { .. }) => {}
+            Err(other) => panic!("round {round}: {other:?}"),
+        }
+        live_seen += agree(store.as_ref().unwrap(), &keys, &format!("round {round}")).await;
+    }
+    assert!(reopens >= 3, "the mix reopens the store: {reopens}");
+    assert!(live_seen > 240, "the mix keeps policies live: {live_seen}");
+    store.take().unwrap().close().await.unwrap();
+}
