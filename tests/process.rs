@@ -222,6 +222,42 @@ async fn kill_dash_nine_loses_no_acknowledged_write() {
     }
     assert!(acknowledged.len() >= ITERATIONS as usize * 20);
 
+    // The in-memory current state loaded after the last kill equals the tables: a Get of the
+    // current revision (from memory) of every key is what a listing (from the tables) shows,
+    // and no older than its last acknowledged revision.
+    let listed = client
+        .list_provision_policies(pb::ListProvisionPoliciesRequest {
+            app_id: "crash".into(),
+            page_size: 100,
+            ..Default::default()
+        })
+        .await
+        .expect("list")
+        .into_inner()
+        .policies;
+    assert_eq!(listed.len(), 5, "every key is live");
+    for from_tables in listed {
+        let key = from_tables.entitlement.clone().expect("entitlement");
+        let from_memory = client
+            .get_provision_policy(get_request(key.clone(), 0))
+            .await
+            .expect("get")
+            .into_inner()
+            .policy
+            .expect("policy");
+        assert_eq!(
+            from_memory, from_tables,
+            "memory against the tables for {key:?}"
+        );
+        let last_acknowledged = acknowledged
+            .keys()
+            .filter(|(id, _)| *id == key.entitlement_id)
+            .map(|(_, revision)| *revision)
+            .max()
+            .expect("acknowledged writes of the key");
+        assert!(from_memory.revision >= last_acknowledged);
+    }
+
     // Acknowledged means in the log: a Watch from the start replays every acknowledged write,
     // at its revision with its value, in order, with no revision of a key seen twice.
     let mut replayed: HashMap<(String, i64), String> = HashMap::new();
