@@ -57,21 +57,6 @@ async fn get(
     )
 }
 
-async fn set(
-    client: &mut Client,
-    entitlement: &pb::EntitlementRef,
-    hook: &str,
-) -> pb::SetProvisionPolicyResponse {
-    client
-        .set_provision_policy(set_request(
-            resource(entitlement.clone(), webhook(hook)),
-            "",
-        ))
-        .await
-        .expect("set")
-        .into_inner()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_on_one_replica_is_read_on_the_other_with_its_cursor_and_fully_consistent() {
     let schema = schema_or_skip!();
@@ -83,7 +68,7 @@ async fn a_write_on_one_replica_is_read_on_the_other_with_its_cursor_and_fully_c
     let (mut on_a, mut on_b) = (client_of(&a).await, client_of(&b).await);
     let key = entitlement("fresh", "e");
     for n in 1..=40 {
-        let written = set(&mut on_a, &key, &format!("hook-{n}")).await;
+        let written = set_webhook(&mut on_a, &key, &format!("hook-{n}")).await;
         let revision = written.policy.as_ref().unwrap().revision;
         assert_eq!(revision, n);
         // Read your write on the other replica: with the cursor, and fully consistent, both at
@@ -108,7 +93,7 @@ async fn a_write_on_one_replica_is_read_on_the_other_with_its_cursor_and_fully_c
         );
     }
     // A listing and a validate honour the cursor as well.
-    let written = set(&mut on_a, &entitlement("fresh", "listed"), "hook").await;
+    let written = set_webhook(&mut on_a, &entitlement("fresh", "listed"), "hook").await;
     let listing = on_b
         .list_provision_policies(pb::ListProvisionPoliciesRequest {
             app_id: "fresh".into(),
@@ -153,7 +138,7 @@ async fn minimize_latency_may_lag_but_never_goes_backwards_on_one_connection() {
     );
     let (mut on_a, mut on_b) = (client_of(&a).await, client_of(&b).await);
     let key = entitlement("lag", "e");
-    let first = set(&mut on_a, &key, "hook-0").await;
+    let first = set_webhook(&mut on_a, &key, "hook-0").await;
     // Wait for B to have the key at all (its memory may lag).
     let cursor = Requirement::AtLeastAsFresh(first.change_cursor);
     get(&mut on_b, &key, cursor).await;
@@ -161,7 +146,7 @@ async fn minimize_latency_may_lag_but_never_goes_backwards_on_one_connection() {
         let key = key.clone();
         async move {
             for n in 1..WRITES {
-                set(&mut on_a, &key, &format!("hook-{n}")).await;
+                set_webhook(&mut on_a, &key, &format!("hook-{n}")).await;
             }
         }
     });
@@ -195,7 +180,7 @@ async fn a_killed_change_feed_reconnects_and_fully_consistent_reads_never_serve_
     );
     let (mut on_a, mut on_b) = (client_of(&a).await, client_of(&b).await);
     let key = entitlement("stall", "e");
-    let first = set(&mut on_a, &key, "hook-0").await;
+    let first = set_webhook(&mut on_a, &key, "hook-0").await;
     get(
         &mut on_b,
         &key,
@@ -223,7 +208,7 @@ async fn a_killed_change_feed_reconnects_and_fully_consistent_reads_never_serve_
     });
     let mut revision = 1;
     for n in 1..=15 {
-        let written = set(&mut on_a, &key, &format!("hook-{n}")).await;
+        let written = set_webhook(&mut on_a, &key, &format!("hook-{n}")).await;
         revision = written.policy.unwrap().revision;
         let (read, served_at) = get(&mut on_b, &key, Requirement::FullyConsistent(true)).await;
         assert_eq!(

@@ -142,9 +142,86 @@ async fn agree(store: &impl Store, keys: &[pb::EntitlementRef], when: &str) -> u
     rows.len()
 }
 
-/// A random mix of writes (delegating ones among them), deletes, rollbacks (an earlier
-/// revision's resource written again), binding changes, writes that do not stand (rejected,
-/// validate-only, stale), and reopens that load memory from the tables.
+/// One random mutation of the entitlements `keys` (at most 6): a write (delegating to some of
+/// the others), a delete, a rollback (revision 1's resource written again), a binding created
+/// or deleted, or a write that does not stand (rejected, validate-only, stale). Fails only on an
+/// outcome none of those may have.
+pub(crate) async fn mutate_at_random(
+    store: &impl Store,
+    keys: &[pb::EntitlementRef],
+    next: &mut impl FnMut(u64) -> u64,
+) {
+    let count = keys.len() as u64;
+    let owner = &keys[next(count) as usize];
+    let targets: Vec<_> = (0..next(3))
+        .map(|_| keys[next(count) as usize].clone())
+        .filter(|target| target != owner)
+        .collect();
+    let write = delegating(owner, targets);
+    let outcome = match next(7) {
+        0 => store
+            .delete(Delete {
+                entitlement: owner.clone(),
+                expected_revision: None,
+                validate_only: false,
+                allow_missing: true,
+                actor: "tester".into(),
+                change_cause: String::new(),
+            })
+            .await
+            .map(drop),
+        1 => store
+            .write(Write {
+                check: returning(vec![violation("NO", pb::Severity::Error)]),
+                ..write
+            })
+            .await
+            .map(drop),
+        2 => store
+            .write(Write {
+                validate_only: true,
+                ..write
+            })
+            .await
+            .map(drop),
+        3 => store
+            .write(Write {
+                expected_revision: Some(999),
+                ..write
+            })
+            .await
+            .map(drop),
+        4 => {
+            let source = keys[next(count) as usize].clone();
+            match store
+                .create_binding(source.clone(), owner.clone(), false)
+                .await
+            {
+                Err(StoreError::AlreadyExists) => store
+                    .delete_binding(source, owner.clone())
+                    .await
+                    .or_else(|err| match err {
+                        StoreError::InUse { .. } => Ok(()),
+                        other => Err(other),
+                    }),
+                other => other.map(drop),
+            }
+        }
+        5 => match store.get(owner, Some(1)).await.unwrap() {
+            Some(old) => store.write(put(old.resource)).await.map(drop),
+            None => Ok(()),
+        },
+        _ => store.write(write).await.map(drop),
+    };
+    match outcome {
+        Ok(())
+        | Err(StoreError::RevisionMismatch { .. })
+        | Err(StoreError::HasDependants { .. }) => {}
+        Err(other) => panic!("{other:?}"),
+    }
+}
+
+/// Random mutations ([`mutate_at_random`]) and reopens that load memory from the tables.
 pub(crate) async fn memory_agrees_with_the_tables_after_random_mutations_and_reopens(
     backend: &impl Backend,
 ) {
@@ -158,89 +235,19 @@ pub(crate) async fn memory_agrees_with_the_tables_after_random_mutations_and_reo
         seed ^= seed << 17;
         seed % bound
     };
-    let mut store = Some(backend.open().await);
+    let mut store = backend.open().await;
     let (mut live_seen, mut reopens) = (0, 0);
     for round in 0..240 {
-        let opened = store.as_ref().expect("open");
-        let owner = &keys[next(6) as usize];
-        let targets: Vec<_> = (0..next(3))
-            .map(|_| keys[next(6) as usize].clone())
-            .filter(|target| target != owner)
-            .collect();
-        let write = delegating(owner, targets);
-        let outcome = match next(8) {
-            0 => opened
-                .delete(Delete {
-                    entitlement: owner.clone(),
-                    expected_revision: None,
-                    validate_only: false,
-                    allow_missing: true,
-                    actor: "tester".into(),
-                    change_cause: String::new(),
-                })
-                .await
-                .map(drop),
-            1 => opened
-                .write(Write {
-                    check: returning(vec![violation("NO", pb::Severity::Error)]),
-                    ..write
-                })
-                .await
-                .map(drop),
-            2 => opened
-                .write(Write {
-                    validate_only: true,
-                    ..write
-                })
-                .await
-                .map(drop),
-            3 => opened
-                .write(Write {
-                    expected_revision: Some(999),
-                    ..write
-                })
-                .await
-                .map(drop),
-            4 => {
-                let source = keys[next(6) as usize].clone();
-                match opened
-                    .create_binding(source.clone(), owner.clone(), false)
-                    .await
-                {
-                    Err(StoreError::AlreadyExists) => opened
-                        .delete_binding(source, owner.clone())
-                        .await
-                        .or_else(|err| match err {
-                            StoreError::InUse { .. } => Ok(()),
-                            other => Err(other),
-                        }),
-                    other => other.map(drop),
-                }
-            }
-            5 => {
-                // A rollback: revision 1's resource, written again as a new revision.
-                match opened.get(owner, Some(1)).await.unwrap() {
-                    Some(old) => opened.write(put(old.resource)).await.map(drop),
-                    None => Ok(()),
-                }
-            }
-            6 if round % 3 == 0 => {
-                store.take().expect("open").close().await.unwrap();
-                store = Some(backend.open().await);
-                reopens += 1;
-                Ok(())
-            }
-            _ => opened.write(write).await.map(drop),
-        };
-        match outcome {
-            Ok(())
-            | Err(StoreError::RevisionMismatch { .. })
-            | Err(StoreError::HasDependants { .. }) => {}
-            Err(other) => panic!("round {round}: {other:?}"),
+        if next(16) == 0 {
+            store.close().await.unwrap();
+            store = backend.open().await;
+            reopens += 1;
+        } else {
+            mutate_at_random(&store, &keys, &mut next).await;
         }
-        live_seen += agree(store.as_ref().unwrap(), &keys, &format!("round {round}")).await;
+        live_seen += agree(&store, &keys, &format!("round {round}")).await;
     }
     assert!(reopens >= 3, "the mix reopens the store: {reopens}");
     assert!(live_seen > 240, "the mix keeps policies live: {live_seen}");
-    store.take().unwrap().close().await.unwrap();
+    store.close().await.unwrap();
 }

@@ -266,30 +266,14 @@ impl Current {
             .is_ok_and(|result| result.is_ok())
     }
 
+    /// How many policies are held (live or unreadable).
     #[cfg(test)]
-    pub fn len(&self) -> usize {
+    pub fn held(&self) -> usize {
         self.state
             .read()
             .unwrap_or_else(PoisonError::into_inner)
             .policies
             .len()
-    }
-
-    /// Every live key with its revision, for tests that compare memory with the tables.
-    #[cfg(test)]
-    pub fn revisions(&self) -> std::collections::BTreeMap<(String, String), i64> {
-        let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
-        state
-            .policies
-            .iter()
-            .filter_map(|(key, entry)| match entry {
-                Entry::Live(encoded) => Some((
-                    (key.app_id.clone(), key.entitlement_id.clone()),
-                    encoded.revision,
-                )),
-                Entry::Undecodable => None,
-            })
-            .collect()
     }
 }
 
@@ -303,8 +287,7 @@ fn of_log(change: &pb::PolicyChange, seq: u64) -> Result<Option<CurrentChange>, 
                 return Err(Unreadable::Change.into());
             }
             let time = |timestamp: &Option<prost_types::Timestamp>| {
-                timestamp
-                    .clone()
+                (*timestamp)
                     .and_then(|timestamp| SystemTime::try_from(timestamp).ok())
                     .ok_or(Unreadable::Change)
             };

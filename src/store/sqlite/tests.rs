@@ -943,82 +943,19 @@ async fn the_in_memory_state_agrees_with_the_tables_after_random_writes() {
     let mut seen_depended_on = 0;
     let store = SqliteStore::open(dir.path()).unwrap();
     for round in 0..300 {
-        let owner = &keys[next(6) as usize];
-        let targets: Vec<_> = (0..next(3))
-            .map(|_| keys[next(6) as usize].clone())
-            .collect();
-        let targets: Vec<_> = targets.into_iter().filter(|t| t != owner).collect();
-        let write = delegating(owner, targets);
-        let outcome = match next(6) {
-            0 => store
-                .delete(crate::store::Delete {
-                    entitlement: owner.clone(),
-                    expected_revision: None,
-                    validate_only: false,
-                    allow_missing: true,
-                    actor: "tester".into(),
-                    change_cause: String::new(),
-                })
-                .await
-                .map(|_| ()),
-            1 => store
-                .write(Write {
-                    check: returning(vec![violation("NO", pb::Severity::Error)]),
-                    ..write
-                })
-                .await
-                .map(|_| ()),
-            2 => store
-                .write(Write {
-                    validate_only: true,
-                    ..write
-                })
-                .await
-                .map(|_| ()),
-            3 => store
-                .write(Write {
-                    expected_revision: Some(999),
-                    ..write
-                })
-                .await
-                .map(|_| ()),
-            4 => {
-                let source = keys[next(6) as usize].clone();
-                match store
-                    .create_binding(source.clone(), owner.clone(), false)
-                    .await
-                {
-                    Err(StoreError::AlreadyExists) => store
-                        .delete_binding(source, owner.clone())
-                        .await
-                        .map(|_| ())
-                        .or_else(|err| match err {
-                            StoreError::InUse { .. } => Ok(()),
-                            other => Err(other),
-                        }),
-                    other => other.map(|_| ()),
-                }
-            }
-            _ => store.write(write).await.map(|_| ()),
-        };
-        match outcome {
-            Ok(())
-            | Err(StoreError::RevisionMismatch { .. })
-            | Err(StoreError::HasDependants { .. }) => {}
-            Err(other) => panic!("round {round}: {other:?}"),
-        }
+        crate::store::contract_current::mutate_at_random(&store, &keys, &mut next).await;
         seen_depended_on += agree(&store, &keys, &format!("round {round}"));
     }
     assert!(
         seen_depended_on > 100,
         "the mix builds a graph: {seen_depended_on}"
     );
-    let live = store.current.len();
+    let live = store.current.held();
     assert!(live > 0, "the mix leaves live policies");
     store.close().await.unwrap();
     let reopened = SqliteStore::open(dir.path()).unwrap();
     agree(&reopened, &keys, "after reopen");
-    assert_eq!(reopened.current.len(), live);
+    assert_eq!(reopened.current.held(), live);
 }
 
 /// Polls a future that is ready at once (an in-memory answer) without a runtime.
