@@ -47,9 +47,10 @@ crypto-check:
 	  echo "$$out"; echo "crypto-check: cargo tree failed"; exit 1; \
 	fi
 
-# `make bench` is the load benchmark (DESIGN.md section 6, issue #5): release build, echo ceiling
-# and provisiond in interleaved rounds, figures written to BENCHMARKS.md (generated: never edit
-# it by hand). About 8 minutes on 2 cores. BENCH_ARGS passes options to bench-run, e.g.
+# `make bench` is the load benchmark (DESIGN.md section 6, issue #10): release build, echo ceiling
+# and provisiond in interleaved rounds, replicas, Watch and List, figures and targets written to
+# BENCHMARKS.md (generated: never edit it by hand). About 6 minutes on 2 cores, 10 with
+# PostgreSQL. BENCH_ARGS passes options to bench-run, e.g.
 # `make bench BENCH_ARGS="--rounds 3 --seconds 3"` (see `target/release/bench-run --help`).
 # PROVISIOND_BENCH_POSTGRES_URL (environment or make variable) adds the PostgreSQL figures.
 BENCH_ARGS ?=

@@ -45,30 +45,38 @@ impl EchoService {
             set: Arc::new(pb::SetProvisionPolicyResponse {
                 policy: get_reply().policy,
                 warnings: Vec::new(),
-                // A cursor of the size provisiond's are, so that the ceiling answers as much.
-                change_cursor: provisiond::policy::tokens::Cursor {
-                    store_id: "0".repeat(32),
-                    seq: 1_000_000,
-                }
-                .encode(),
+                change_cursor: cursor(),
                 dependent_count: 0,
             }),
             validate: Arc::new(pb::ValidateProvisionPolicyResponse {
                 valid: true,
                 violations: Vec::new(),
                 dependent_count: 0,
+                served_at: cursor(),
             }),
         }
     }
 }
 
-/// What the echo server answers to Get: the stored benchmark policy with its output fields.
+/// A change cursor of the size provisiond's are (`change_cursor`, `served_at`), so that the
+/// ceiling answers as many bytes.
+fn cursor() -> String {
+    provisiond::policy::tokens::Cursor {
+        store_id: "0".repeat(32),
+        seq: 1_000_000,
+    }
+    .encode()
+}
+
+/// What the echo server answers to Get, whatever the consistency asked: the stored benchmark
+/// policy with its output fields, and a `served_at`.
 pub fn get_reply() -> pb::GetProvisionPolicyResponse {
     pb::GetProvisionPolicyResponse {
         policy: Some(fixtures::as_stored(fixtures::five_step(
             fixtures::entitlement(0),
             0,
         ))),
+        served_at: cursor(),
     }
 }
 

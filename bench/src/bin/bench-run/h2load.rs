@@ -3,7 +3,7 @@
 //! (`grpc-status: 0` must be in the trailers) and a counted run checks the DATA bytes per reply.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::Sample;
@@ -96,7 +96,23 @@ pub fn check_reply_bytes(server: &Server, method: &str, body: &Path, reply_frame
     );
 }
 
-/// One timed h2load run at `-c 4 -m 8 -t 1` (32 in flight).
+/// How an h2load process spreads its calls in flight: `-c connections -m streams -t threads`
+/// (each connection `streams` calls at once).
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub connections: u32,
+    pub streams: u32,
+    pub threads: u32,
+}
+
+/// The shape of every Get and Validate run against echo and one provisiond: 32 in flight.
+pub const SHAPE: Shape = Shape {
+    connections: 4,
+    streams: 8,
+    threads: 1,
+};
+
+/// One timed h2load run at [`SHAPE`].
 pub fn run(
     server: &Server,
     method: &str,
@@ -105,43 +121,84 @@ pub fn run(
     duration: Duration,
     log: &Path,
 ) -> Sample {
-    let cpu_before = server.cpu_time();
+    run_parallel(&[server], SHAPE, method, body, warm_up, duration, log)
+}
+
+/// One h2load process of `shape` per server, all at once (h2load takes several URIs only on one
+/// host and port): their rates summed, their latencies merged, the servers' CPU summed.
+pub fn run_parallel(
+    servers: &[&Server],
+    shape: Shape,
+    method: &str,
+    body: &Path,
+    warm_up: Duration,
+    duration: Duration,
+    log: &Path,
+) -> Sample {
+    let cpu_before: Vec<Duration> = servers.iter().map(|server| server.cpu_time()).collect();
     let started = Instant::now();
-    let out = Command::new("h2load")
-        .args(["-c", "4", "-m", "8", "-t", "1"])
-        .arg(format!(
-            "--duration={}",
-            duration.as_secs_f64().round().max(1.0)
-        ))
-        .arg(format!(
-            "--warm-up-time={}",
-            warm_up.as_secs_f64().round().max(0.0)
-        ))
-        .args(HEADERS)
-        .arg("-d")
-        .arg(body)
-        .arg(format!("--log-file={}", log.display()))
-        .arg(url(server, method))
-        .output()
-        .expect("run h2load");
+    let logs: Vec<_> = (0..servers.len())
+        .map(|index| log.with_extension(format!("{index}.log")))
+        .collect();
+    let children: Vec<_> = servers
+        .iter()
+        .zip(&logs)
+        .map(|(server, log)| {
+            Command::new("h2load")
+                .args(["-c", &shape.connections.to_string()])
+                .args(["-m", &shape.streams.to_string()])
+                .args(["-t", &shape.threads.to_string()])
+                .arg(format!(
+                    "--duration={}",
+                    duration.as_secs_f64().round().max(1.0)
+                ))
+                .arg(format!(
+                    "--warm-up-time={}",
+                    warm_up.as_secs_f64().round().max(0.0)
+                ))
+                .args(HEADERS)
+                .arg("-d")
+                .arg(body)
+                .arg(format!("--log-file={}", log.display()))
+                .arg(url(server, method))
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("run h2load")
+        })
+        .collect();
+    let outputs: Vec<_> = children
+        .into_iter()
+        .map(|child| child.wait_with_output().expect("wait for h2load"))
+        .collect();
     let wall = started.elapsed();
-    let cpu = server.cpu_time() - cpu_before;
-    let text = String::from_utf8_lossy(&out.stdout);
-    let summary = parse_summary(&text);
-    assert!(
-        summary.rps > 0.0,
-        "{} {method}: h2load reported no rate:\n{text}\n{}",
-        server.label,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let mut latencies = read_latencies(log);
+    let cpu: Duration = servers
+        .iter()
+        .zip(cpu_before)
+        .map(|(server, before)| server.cpu_time() - before)
+        .sum();
+    let mut total = Summary::default();
+    for (server, out) in servers.iter().zip(&outputs) {
+        let text = String::from_utf8_lossy(&out.stdout);
+        let summary = parse_summary(&text);
+        assert!(
+            summary.rps > 0.0,
+            "{} {method}: h2load reported no rate:\n{text}\n{}",
+            server.label,
+            String::from_utf8_lossy(&out.stderr)
+        );
+        total.rps += summary.rps;
+        total.done += summary.done;
+        total.succeeded += summary.succeeded;
+    }
+    let mut latencies: Vec<u32> = logs.iter().flat_map(|log| read_latencies(log)).collect();
     latencies.sort_unstable();
     Sample {
-        rps: summary.rps,
+        rps: total.rps,
         p50_us: provisiond_bench::load::percentile(&latencies, 0.50),
         p99_us: provisiond_bench::load::percentile(&latencies, 0.99),
-        cpu_us_per_rpc: cpu_us_per_rpc(cpu, wall, summary.rps),
-        failed: summary.done.saturating_sub(summary.succeeded),
+        cpu_us_per_rpc: cpu_us_per_rpc(cpu, wall, total.rps),
+        failed: total.done.saturating_sub(total.succeeded),
     }
 }
 

@@ -4,16 +4,25 @@
 //! 1. Seeds a data dir with N policies through the store API (concurrent writes, group-committed).
 //! 2. Starts the echo ceiling and provisiond (release builds next to this binary).
 //! 3. Checks every request body once: gRPC status OK (nghttp) and the DATA bytes of the reply.
-//! 4. Runs interleaved rounds: for Get, Validate and Set, echo then provisiond (then provisiond
-//!    on PostgreSQL, with `--postgres`: seeded the same way in a schema of its own), at 32 in
-//!    flight (h2load `-c 4 -m 8 -t 1` for Get and Validate, `bench-load` for Set).
-//! 5. Measures start to SERVING and memory with 0, N and 100,000 stored policies.
-//! 6. Prints the figures and writes them to `--out`.
+//! 4. Runs interleaved rounds: for Get (fully consistent and `minimize_latency`), Validate and
+//!    Set, echo then provisiond (then provisiond on PostgreSQL, with `--postgres`: seeded the
+//!    same way in a schema of its own), at 32 in flight (h2load `-c 4 -m 8 -t 1` for Get and
+//!    Validate, `bench-load` for Set).
+//! 5. With `--postgres`: rounds of Get on one PostgreSQL replica, then on three at once
+//!    (`replicas.rs`).
+//! 6. Watch: 1,000 streams on one provisiond while Sets land at 200/s (`watch.rs`).
+//! 7. Measures start to SERVING and memory with 0, N and 100,000 stored policies, and lists the
+//!    100,000 in pages of 1,000 (`list.rs`).
+//! 8. Prints the figures and writes them to `--out`.
 
 mod h2load;
+mod list;
 mod postgres;
+mod replicas;
 mod report;
 mod servers;
+mod targets;
+mod watch;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -34,8 +43,9 @@ use crate::servers::{Server, sibling};
 /// Runs the provisiond benchmark and writes its figures.
 #[derive(Parser, Debug, Clone)]
 pub struct Args {
-    /// Interleaved rounds (echo, provisiond) per RPC; medians are taken over them.
-    #[arg(long, default_value_t = 7)]
+    /// Interleaved rounds (echo, provisiond) per RPC; medians are taken over them. Five keeps a
+    /// run with `--postgres` near 10 minutes on 2 cores.
+    #[arg(long, default_value_t = 5)]
     rounds: usize,
     /// Seconds measured per run.
     #[arg(long, default_value_t = 5)]
@@ -56,7 +66,8 @@ pub struct Args {
     /// removed at the end).
     #[arg(long)]
     work_dir: Option<PathBuf>,
-    /// Only write the request bodies (get.grpc, validate.grpc) into --work-dir and exit: for
+    /// Only write the request bodies (get.grpc, get-minimize-latency.grpc, validate.grpc) into
+    /// --work-dir and exit: for
     /// running h2load or a profiler by hand.
     #[arg(long, requires = "work_dir")]
     bodies_only: bool,
@@ -68,17 +79,20 @@ pub struct Args {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Rpc {
+    /// Consistency unset: `fully_consistent` (on PostgreSQL one read of the database head first).
     Get,
+    /// `minimize_latency`: from the replica's memory.
+    GetMinimizeLatency,
     Validate,
     Set,
 }
 
 impl Rpc {
-    pub const ALL: [Rpc; 3] = [Rpc::Get, Rpc::Validate, Rpc::Set];
+    pub const ALL: [Rpc; 4] = [Rpc::Get, Rpc::GetMinimizeLatency, Rpc::Validate, Rpc::Set];
 
     pub fn method(self) -> &'static str {
         match self {
-            Rpc::Get => "GetProvisionPolicy",
+            Rpc::Get | Rpc::GetMinimizeLatency => "GetProvisionPolicy",
             Rpc::Validate => "ValidateProvisionPolicy",
             Rpc::Set => "SetProvisionPolicy",
         }
@@ -133,6 +147,10 @@ pub struct Run {
     pub validate_reply_bytes: usize,
     pub echo_get_reply_bytes: usize,
     pub postgres: Option<PostgresRun>,
+    /// One PostgreSQL replica against three, with `--postgres`.
+    pub replicas: Vec<replicas::Round>,
+    pub watch: watch::Figures,
+    pub list: list::Figures,
     pub started: std::time::SystemTime,
     /// /proc/loadavg before and after: other work on the machine skews every figure.
     pub load_before: String,
@@ -142,7 +160,19 @@ pub struct Run {
 
 struct Bodies {
     get: PathBuf,
+    get_minimize_latency: PathBuf,
     validate: PathBuf,
+}
+
+impl Bodies {
+    fn of(&self, rpc: Rpc) -> &Path {
+        match rpc {
+            Rpc::Get => &self.get,
+            Rpc::GetMinimizeLatency => &self.get_minimize_latency,
+            Rpc::Validate => &self.validate,
+            Rpc::Set => unreachable!("Set is driven by bench-load, not a fixed body"),
+        }
+    }
 }
 
 struct Tools {
@@ -205,8 +235,9 @@ fn main() {
     if args.bodies_only {
         let bodies = bench.write_bodies();
         eprintln!(
-            "wrote {} and {}",
+            "wrote {}, {} and {}",
             bodies.get.display(),
+            bodies.get_minimize_latency.display(),
             bodies.validate.display()
         );
         return;
@@ -309,11 +340,15 @@ impl Bench {
         main_size.after_load = Some(service.memory());
         echo.stop();
         service.stop();
-        if let Some(server) = postgres {
+        let mut replica_rounds = Vec::new();
+        if let (Some(server), Some(schema)) = (postgres, &schema) {
+            replica_rounds = self.replicas(&server, &schema.store_url(), &bodies);
             server.stop();
         }
         drop(schema);
         main_size.disk_bytes = dir_bytes(&data);
+
+        let watch = self.watch(&data);
 
         let empty = self.startup_figures(&self.work.join(DATA_DIRS[1]), 0);
 
@@ -335,6 +370,7 @@ impl Bench {
             self.measure(rpc, &service, &bodies);
         }
         big.after_load = Some(service.memory());
+        let list = list::run(&service, self.args.big_policies);
         service.stop();
         big.disk_bytes = dir_bytes(&big_data);
 
@@ -346,6 +382,9 @@ impl Bench {
             validate_reply_bytes: replies.1,
             echo_get_reply_bytes: replies.2,
             postgres: postgres_run,
+            replicas: replica_rounds,
+            watch,
+            list,
             started,
             elapsed: clock.elapsed(),
             load_before,
@@ -364,16 +403,24 @@ impl Bench {
             }),
         )
         .expect("write the Get body");
-        let validate = self.work.join("validate.grpc");
+        let get_minimize_latency = self.work.join("get-minimize-latency.grpc");
         std::fs::write(
-            &validate,
-            provisiond_bench::grpc_frame(&pb::ValidateProvisionPolicyRequest {
-                consistency: None,
-                policy: Some(fixtures::five_step(fixtures::entitlement(0), 0)),
+            &get_minimize_latency,
+            provisiond_bench::grpc_frame(&pb::GetProvisionPolicyRequest {
+                consistency: Some(minimize_latency()),
+                entitlement: Some(fixtures::entitlement(0)),
+                revision: 0,
             }),
         )
-        .expect("write the Validate body");
-        Bodies { get, validate }
+        .expect("write the minimize_latency Get body");
+        let validate = self.work.join("validate.grpc");
+        std::fs::write(&validate, provisiond_bench::grpc_frame(&validate_request()))
+            .expect("write the Validate body");
+        Bodies {
+            get,
+            get_minimize_latency,
+            validate,
+        }
     }
 
     /// Three starts on `data_dir` (created empty when missing): start to SERVING each, and the
@@ -406,11 +453,10 @@ impl Bench {
         let duration = Duration::from_secs(self.args.seconds);
         let log = self.work.join("h2load.log");
         match rpc {
-            Rpc::Get => h2load::run(server, rpc.method(), &bodies.get, warm_up, duration, &log),
-            Rpc::Validate => h2load::run(
+            Rpc::Get | Rpc::GetMinimizeLatency | Rpc::Validate => h2load::run(
                 server,
                 rpc.method(),
-                &bodies.validate,
+                bodies.of(rpc),
                 warm_up,
                 duration,
                 &log,
@@ -468,9 +514,29 @@ impl Bench {
     }
 }
 
+/// `consistency: minimize_latency`.
+fn minimize_latency() -> pb::Consistency {
+    pb::Consistency {
+        requirement: Some(pb::consistency::Requirement::MinimizeLatency(true)),
+    }
+}
+
+/// The Validate body: a five-step policy for key 0 whose last step delegates to key 1 (valid
+/// once [`seed`] has bound key 1 to key 0).
+fn validate_request() -> pb::ValidateProvisionPolicyRequest {
+    pb::ValidateProvisionPolicyRequest {
+        consistency: None,
+        policy: Some(fixtures::five_step_delegating(
+            fixtures::entitlement(0),
+            &fixtures::entitlement(1),
+        )),
+    }
+}
+
 /// Opens a new store and writes `count` policies (keys 0..count, the five-step fixture) into
-/// it, many writes queued at once so that the writer group-commits them, then closes it (which,
-/// for SQLite, checkpoints the WAL into the database file).
+/// it, many writes queued at once so that the writer group-commits them, and the proxy binding
+/// key 1 → key 0 that the Validate body delegates through; then closes it (which, for SQLite,
+/// checkpoints the WAL into the database file).
 async fn seed<S: Store>(open: impl std::future::Future<Output = S>, count: u64) -> Duration {
     let started = Instant::now();
     let store = open.await;
@@ -500,13 +566,20 @@ async fn seed<S: Store>(open: impl std::future::Future<Output = S>, count: u64) 
         }
         next = end;
     }
+    if count > 1 {
+        store
+            .create_binding(fixtures::entitlement(1), fixtures::entitlement(0), false)
+            .await
+            .expect("create the proxy binding of the Validate body");
+    }
     store.close().await.expect("close the seeded store");
     started.elapsed()
 }
 
-/// Calls each RPC once through a gRPC client on both servers; checks the answers, then the
-/// bodies h2load will send (status and reply size). Returns the encoded reply sizes of
-/// provisiond's Get and Validate and of the echo's Get.
+/// Calls each RPC once through a gRPC client on both servers; checks the answers (the Validate
+/// body must be valid: its delegation found its target and binding), then the bodies h2load
+/// will send (status and reply size). Returns the encoded reply sizes of provisiond's Get and
+/// Validate and of the echo's Get.
 async fn check_replies(echo: &Server, service: &Server, bodies: &Bodies) -> (usize, usize, usize) {
     let mut sizes = Vec::new();
     for server in [echo, service] {
@@ -522,6 +595,20 @@ async fn check_replies(echo: &Server, service: &Server, bodies: &Bodies) -> (usi
             .await
             .unwrap_or_else(|status| panic!("{} Get: {status:?}", server.label))
             .into_inner();
+        let get_minimize_latency = client
+            .get_provision_policy(pb::GetProvisionPolicyRequest {
+                consistency: Some(minimize_latency()),
+                entitlement: Some(fixtures::entitlement(0)),
+                revision: 0,
+            })
+            .await
+            .unwrap_or_else(|status| panic!("{} Get minimize_latency: {status:?}", server.label))
+            .into_inner();
+        assert_eq!(
+            get_minimize_latency.policy, get.policy,
+            "{} Get minimize_latency answered another policy",
+            server.label
+        );
         let stored = get.policy.clone().expect("a policy");
         assert_eq!(
             (stored.entitlement.clone(), stored.provision_policy.clone()),
@@ -533,10 +620,7 @@ async fn check_replies(echo: &Server, service: &Server, bodies: &Bodies) -> (usi
             server.label
         );
         let validate = client
-            .validate_provision_policy(pb::ValidateProvisionPolicyRequest {
-                consistency: None,
-                policy: Some(fixtures::five_step(fixtures::entitlement(0), 0)),
-            })
+            .validate_provision_policy(validate_request())
             .await
             .unwrap_or_else(|status| panic!("{} Validate: {status:?}", server.label))
             .into_inner();
@@ -557,10 +641,12 @@ async fn check_replies(echo: &Server, service: &Server, bodies: &Bodies) -> (usi
             .await
             .unwrap_or_else(|status| panic!("{} Set: {status:?}", server.label));
 
-        for (rpc, body, reply) in [
-            (Rpc::Get, &bodies.get, get.encoded_len()),
-            (Rpc::Validate, &bodies.validate, validate.encoded_len()),
+        for (rpc, reply) in [
+            (Rpc::Get, get.encoded_len()),
+            (Rpc::GetMinimizeLatency, get_minimize_latency.encoded_len()),
+            (Rpc::Validate, validate.encoded_len()),
         ] {
+            let body = bodies.of(rpc);
             h2load::check_status_ok(server, rpc.method(), body);
             h2load::check_reply_bytes(server, rpc.method(), body, 5 + reply as u64);
         }

@@ -1,33 +1,18 @@
-//! BENCHMARKS.md, generated: the medians per RPC against the targets of issue #5, startup and
-//! memory, the machine, and every round's raw figures.
+//! BENCHMARKS.md, generated: the medians per RPC, the replica, Watch and List figures, startup
+//! and memory, the targets of issue #10 (`targets.rs`), the machine, and every round's raw
+//! figures.
 
 use std::fmt::Write as _;
 use std::process::Command;
 use std::time::Duration;
 
-use crate::{Pair, Rpc, Run, Sample};
-
-/// The targets of issue #5: median ratio to echo per RPC, Set p99, startup and memory with
-/// 100,000 policies.
-const GET_RATIO: f64 = 0.85;
-const VALIDATE_RATIO: f64 = 0.75;
-const SET_RATIO: f64 = 0.30;
-const SET_P99_US: f64 = 10_000.0;
-const START_100K: Duration = Duration::from_secs(1);
-const RSS_100K: u64 = 150 * 1000 * 1000;
-
-fn target_ratio(rpc: Rpc) -> f64 {
-    match rpc {
-        Rpc::Get => GET_RATIO,
-        Rpc::Validate => VALIDATE_RATIO,
-        Rpc::Set => SET_RATIO,
-    }
-}
+use crate::{Pair, Rpc, Run, Sample, targets};
 
 fn label(rpc: Rpc) -> &'static str {
     match rpc {
-        Rpc::Get => "Get (stored 5-step policy)",
-        Rpc::Validate => "Validate (valid 5-step MultiStep)",
+        Rpc::Get => "Get (stored 5-step policy, consistency unset: `fully_consistent`)",
+        Rpc::GetMinimizeLatency => "Get (`minimize_latency`)",
+        Rpc::Validate => "Validate (valid 5-step MultiStep, one delegation)",
         Rpc::Set => "Set (new key and value per call, FULL sync)",
     }
 }
@@ -52,25 +37,36 @@ fn min_max(values: &[f64]) -> (f64, f64) {
 }
 
 /// The medians over the rounds of one RPC.
-struct Summary {
-    ratio: f64,
-    ratio_range: (f64, f64),
-    service: Sample,
-    echo: Sample,
-    failed: u64,
-    echo_failed: u64,
+pub struct Summary {
+    pub ratio: f64,
+    pub ratio_range: (f64, f64),
+    pub service: Sample,
+    pub echo: Sample,
+    pub failed: u64,
+    pub echo_failed: u64,
 }
 
 /// provisiond on SQLite, or on PostgreSQL: the sample of a pair to summarize.
-type Side = fn(&Pair) -> Option<Sample>;
-const SQLITE: Side = |pair| Some(pair.service);
-const POSTGRES: Side = |pair| pair.postgres;
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    Sqlite,
+    Postgres,
+}
 
-fn summarize(pairs: &[Pair], rpc: Rpc, side: Side) -> Summary {
+impl Side {
+    fn of(self, pair: &Pair) -> Option<Sample> {
+        match self {
+            Side::Sqlite => Some(pair.service),
+            Side::Postgres => pair.postgres,
+        }
+    }
+}
+
+pub fn summarize(pairs: &[Pair], rpc: Rpc, side: Side) -> Summary {
     let pairs: Vec<Pair> = pairs
         .iter()
         .filter(|pair| pair.rpc == rpc)
-        .filter_map(|pair| side(pair).map(|service| Pair { service, ..*pair }))
+        .filter_map(|pair| side.of(pair).map(|service| Pair { service, ..*pair }))
         .collect();
     let pick = |f: &dyn Fn(&Pair) -> f64| -> f64 {
         let mut values: Vec<f64> = pairs.iter().map(f).collect();
@@ -97,7 +93,7 @@ fn summarize(pairs: &[Pair], rpc: Rpc, side: Side) -> Summary {
     }
 }
 
-fn ms(us: f64) -> String {
+pub fn ms(us: f64) -> String {
     format!("{:.2} ms", us / 1000.0)
 }
 
@@ -107,10 +103,6 @@ fn mb(bytes: u64) -> String {
 
 fn duration_ms(duration: Duration) -> String {
     format!("{:.0} ms", duration.as_secs_f64() * 1000.0)
-}
-
-fn verdict(met: bool) -> &'static str {
-    if met { "met" } else { "**missed**" }
 }
 
 pub fn pair_line(pair: &Pair) -> String {
@@ -233,7 +225,8 @@ pub fn markdown(run: &Run) -> String {
         "- Ratio to a bare tonic echo server of the same API (`bench-echo`: pre-built replies of \
          the same size, no store, no validation; same release build, same tokio runtime with one \
          worker per CPU), measured in the same round: {} rounds, each running echo then provisiond \
-         for Get, Validate and Set; figures are medians over the rounds.",
+         for Get (consistency unset, i.e. `fully_consistent`, and `minimize_latency`), Validate \
+         and Set; figures are medians over the rounds.",
         args.rounds
     );
     let _ = writeln!(
@@ -251,7 +244,9 @@ pub fn markdown(run: &Run) -> String {
          through the store API; SQLite in WAL mode with `synchronous=FULL` (every acknowledged Set \
          is fsynced, concurrent Sets group-committed). p50/p99 come from h2load's `--log-file` or \
          bench-load's own timings. Server CPU µs per RPC is the server's utime+stime \
-         (/proc/PID/stat) over the run, divided by the calls.",
+         (/proc/PID/stat) over the run, divided by the calls. The Validate body is a five-step \
+         policy whose last step delegates to a seeded entitlement through a seeded proxy binding \
+         (checked once to answer `valid: true`).",
         args.policies
     );
     if let Some(postgres) = &run.postgres {
@@ -262,7 +257,10 @@ pub fn markdown(run: &Run) -> String {
              writes ({:.1} s), run in the same rounds right after provisiond on SQLite and \
              dropped at the end. Its server CPU µs/RPC is provisiond's process only: \
              PostgreSQL's own work is in its backend processes, not counted (and it shares the \
-             CPUs with the load generator and provisiond).",
+             CPUs with the load generator and provisiond). Replicas: rounds of Get \
+             (`minimize_latency`) on that provisiond alone (h2load `-c 3 -m 11 -t 3`), then on it \
+             and two more provisiond processes on the same schema at once (one h2load `-c 1 -m 11 \
+             -t 1` each, rates summed): 33 in flight and 3 load generator threads either way.",
             postgres.settings,
             args.policies,
             postgres.seed_time.as_secs_f64()
@@ -275,6 +273,26 @@ pub fn markdown(run: &Run) -> String {
          three RPCs. The machine is shared: absolute RPS drifts between minutes, the ratios are \
          what to compare.\n"
     );
+    let _ = writeln!(
+        w,
+        "- Watch: one provisiond (SQLite, the data dir of the rounds, default limits: 1,000 Watch \
+         streams per principal, 256 HTTP/2 streams per connection), {} streams opened by the \
+         Rust client over 10 connections from the same cursor, then {} Sets/s for {} s from \
+         another connection. Latency per (stream, write): from the Set's answer arriving to the \
+         stream's message with its cursor (0 when the message came first). RSS per idle stream: \
+         VmRSS with the streams open (nothing written yet) less VmRSS before, over the streams.",
+        run.watch.streams,
+        crate::watch::SETS_PER_SECOND,
+        args.seconds
+    );
+    let _ = writeln!(
+        w,
+        "- List: the {}-policy store listed with the Rust client, pages of {} (`next_page_token` \
+         followed until empty, consistency unset), 3 times; on the server of the big store's \
+         load round.\n",
+        run.list.expected,
+        crate::list::PAGE_SIZE
+    );
 
     let _ = writeln!(
         w,
@@ -286,49 +304,27 @@ pub fn markdown(run: &Run) -> String {
         "| RPC | provisiond RPS | echo RPS | ratio to echo (min–max) | target | p50 | p99 | echo p50 / p99 | server CPU µs/RPC | echo CPU µs/RPC | non-OK calls |"
     );
     let _ = writeln!(w, "|---|---:|---:|---:|---|---:|---:|---:|---:|---:|---:|");
-    let mut targets = Vec::new();
-    for rpc in Rpc::ALL {
-        let s = summarize(&run.pairs, rpc, SQLITE);
-        let target = target_ratio(rpc);
-        let _ = writeln!(
-            w,
-            "| {} | {:.0} | {:.0} | **{:.2}** ({:.2}–{:.2}) | ≥ {:.2}: {} | {} | {} | {} / {} | {:.1} | {:.1} | {} (echo {}) |",
-            label(rpc),
-            s.service.rps,
-            s.echo.rps,
-            s.ratio,
-            s.ratio_range.0,
-            s.ratio_range.1,
-            target,
-            verdict(s.ratio >= target),
-            ms(s.service.p50_us),
-            ms(s.service.p99_us),
-            ms(s.echo.p50_us),
-            ms(s.echo.p99_us),
-            s.service.cpu_us_per_rpc,
-            s.echo.cpu_us_per_rpc,
-            s.failed,
-            s.echo_failed,
-        );
-        targets.push((
-            format!("{rpc:?} ratio to echo ≥ {target:.2}"),
-            format!("{:.2}", s.ratio),
-            s.ratio >= target,
-        ));
-        if rpc == Rpc::Set {
-            targets.push((
-                "Set p99 ≤ 10 ms".to_owned(),
-                ms(s.service.p99_us),
-                s.service.p99_us <= SET_P99_US,
-            ));
+    for side in [Side::Sqlite, Side::Postgres] {
+        if side == Side::Postgres && run.postgres.is_none() {
+            continue;
         }
-    }
-    if run.postgres.is_some() {
         for rpc in Rpc::ALL {
-            let s = summarize(&run.pairs, rpc, POSTGRES);
+            let s = summarize(&run.pairs, rpc, side);
+            let target = targets::ratio_target(rpc, side).map_or("–".to_owned(), |target| {
+                format!(
+                    "≥ {target:.2}: {}",
+                    targets::Verdict::of(s.ratio >= target).text()
+                )
+            });
+            let store = if side == Side::Postgres {
+                " (PostgreSQL)"
+            } else {
+                ""
+            };
             let _ = writeln!(
                 w,
-                "| {rpc:?} (PostgreSQL) | {:.0} | {:.0} | **{:.2}** ({:.2}–{:.2}) | – | {} | {} | {} / {} | {:.1} | {:.1} | {} (echo {}) |",
+                "| {}{store} | {:.0} | {:.0} | **{:.2}** ({:.2}–{:.2}) | {target} | {} | {} | {} / {} | {:.1} | {:.1} | {} (echo {}) |",
+                label(rpc),
                 s.service.rps,
                 s.echo.rps,
                 s.ratio,
@@ -381,29 +377,23 @@ pub fn markdown(run: &Run) -> String {
             size.seed_time
                 .map_or("–".to_owned(), |d| format!("{:.1} s", d.as_secs_f64())),
         );
-        if size.policies == args.big_policies {
-            targets.push((
-                format!("start to SERVING with {} policies ≤ 1 s", size.policies),
-                duration_ms(start),
-                start <= START_100K,
-            ));
-            let hwm = size.after_load.map_or(0, |(_, hwm)| hwm);
-            targets.push((
-                format!(
-                    "RSS after load with {} policies ≤ 150 MB (VmHWM)",
-                    size.policies
-                ),
-                mb(hwm),
-                hwm <= RSS_100K,
-            ));
-        }
     }
 
-    let _ = writeln!(w, "\n## Targets (issue #5)\n");
+    replicas_section(w, run);
+    watch_section(w, run);
+    list_section(w, run);
+
+    let _ = writeln!(w, "\n## Targets (issue #10)\n");
     let _ = writeln!(w, "| target | measured | |");
-    let _ = writeln!(w, "|---|---:|---|");
-    for (target, figure, met) in &targets {
-        let _ = writeln!(w, "| {target} | {figure} | {} |", verdict(*met));
+    let _ = writeln!(w, "|---|---|---|");
+    for target in targets::targets(run, machine.nproc) {
+        let _ = writeln!(
+            w,
+            "| {} | {} | {} |",
+            target.target,
+            target.measured,
+            target.verdict.text()
+        );
     }
 
     let _ = writeln!(
@@ -442,6 +432,86 @@ pub fn markdown(run: &Run) -> String {
         }
     }
     md
+}
+
+fn replicas_section(w: &mut String, run: &Run) {
+    if run.replicas.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        w,
+        "\n## Get (`minimize_latency`) on one PostgreSQL replica and on three\n"
+    );
+    let _ = writeln!(
+        w,
+        "| round | one replica RPS | p99 | three replicas RPS (sum) | p99 | three / one |"
+    );
+    let _ = writeln!(w, "|---:|---:|---:|---:|---:|---:|");
+    for round in &run.replicas {
+        let _ = writeln!(
+            w,
+            "| {} | {:.0} | {} | {:.0} | {} | {:.2} |",
+            round.round,
+            round.one.rps,
+            ms(round.one.p99_us),
+            round.three.rps,
+            ms(round.three.p99_us),
+            round.three.rps / round.one.rps
+        );
+    }
+}
+
+fn watch_section(w: &mut String, run: &Run) {
+    let watch = &run.watch;
+    let _ = writeln!(w, "\n## Watch\n");
+    let _ = writeln!(
+        w,
+        "{} streams; {} Sets acknowledged ({} failed) in {:.1} s. Acknowledgement to delivery \
+         over every (stream, write) pair: p50 {}, p99 {}, max {}; {} pairs missing, {} streams \
+         failed{}. CPU from the first Set until delivery ended: provisiond {:.1} s, the client \
+         reading the streams (bench-run) {:.1} s. VmRSS {} before the streams, {} with them \
+         open: {:.1} KiB per idle stream.",
+        watch.streams,
+        watch.writes,
+        watch.failed_writes,
+        watch.seconds,
+        ms(watch.p50_us),
+        ms(watch.p99_us),
+        ms(watch.max_us),
+        watch.missing,
+        watch.stream_errors,
+        watch
+            .first_error
+            .as_ref()
+            .map_or(String::new(), |error| format!(" (first error: {error})")),
+        watch.server_cpu,
+        watch.client_cpu,
+        mb(watch.rss_before),
+        mb(watch.rss_streams_open),
+        watch.rss_per_stream() / 1024.0
+    );
+}
+
+fn list_section(w: &mut String, run: &Run) {
+    let _ = writeln!(w, "\n## List\n");
+    let listings = run
+        .list
+        .listings
+        .iter()
+        .map(|(took, policies, pages)| {
+            format!(
+                "{} ({policies} policies, {pages} pages)",
+                duration_ms(*took)
+            )
+        })
+        .collect::<Vec<_>>()
+        .join("; ");
+    let _ = writeln!(
+        w,
+        "All {} policies in pages of {}: {listings}.",
+        run.list.expected,
+        crate::list::PAGE_SIZE
+    );
 }
 
 #[cfg(test)]

@@ -102,19 +102,7 @@ impl Server {
 
     /// User plus system CPU time the process has used so far.
     pub fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.pid()))
-            .expect("read /proc/PID/stat");
-        // The fields after the command name, which is in parentheses and may hold spaces.
-        let fields: Vec<&str> = stat
-            .rsplit_once(')')
-            .expect("stat format")
-            .1
-            .split_whitespace()
-            .collect();
-        // utime and stime are fields 14 and 15 of stat(5), here at 11 and 12 (state is 0).
-        let ticks: u64 =
-            fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
-        Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
+        cpu_time_of(&self.pid().to_string())
     }
 
     /// (VmRSS, VmHWM) in bytes.
@@ -147,6 +135,22 @@ impl Server {
             eprintln!("warning: {} exited with {status}", self.label);
         }
     }
+}
+
+/// User plus system CPU time process `pid` (or `self`) has used so far.
+pub fn cpu_time_of(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("read /proc/PID/stat");
+    // The fields after the command name, which is in parentheses and may hold spaces.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat format")
+        .1
+        .split_whitespace()
+        .collect();
+    // utime and stime are fields 14 and 15 of stat(5), here at 11 and 12 (state is 0).
+    let ticks: u64 =
+        fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime");
+    Duration::from_secs_f64(ticks as f64 / clock_ticks_per_second())
 }
 
 fn provisiond_command(binary: &Path, port: u16) -> Command {
