@@ -50,6 +50,14 @@ struct ErrorLabels {
     class: &'static str,
 }
 
+/// Which backend the series are for: each exports some of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    Sqlite,
+    /// The connection pool's use.
+    Postgres,
+}
+
 /// The store's series. Cheap to clone: every handle shares its values.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
@@ -97,9 +105,9 @@ impl StoreMetrics {
         }
     }
 
-    /// Adds the series to `registry` (prefixed `provisiond_` by the caller's sub-registry).
-    /// `pooled`: whether the backend has a connection pool whose use is worth a series.
-    pub fn register(&self, registry: &mut Registry, pooled: bool) {
+    /// Adds the series to `registry` (prefixed `provisiond_` by the caller's sub-registry): those
+    /// of every backend and those of `backend`.
+    pub fn register(&self, registry: &mut Registry, backend: StoreBackend) {
         registry.register(
             "store_write_batch_size",
             "Mutations committed by one transaction of the group-commit writer",
@@ -137,7 +145,7 @@ impl StoreMetrics {
             "Stored proxy bindings",
             self.proxy_bindings.clone(),
         );
-        if pooled {
+        if backend == StoreBackend::Postgres {
             registry.register(
                 "store_pool_connections_in_use",
                 "PostgreSQL pool connections lent out to reads",
