@@ -257,6 +257,17 @@ impl StoreMetrics {
             .observe(duration.as_secs_f64());
     }
 
+    /// How many checkpoints in `mode` ended as `result`.
+    #[cfg(test)]
+    pub(crate) fn checkpoints(&self, mode: CheckpointMode, result: CheckpointResult) -> u64 {
+        self.checkpoints
+            .get_or_create(&CheckpointLabels {
+                mode: mode.label(),
+                result: result.label(),
+            })
+            .get()
+    }
+
     /// Sets the gauges from what the store reports at scrape time.
     pub fn sample(&self, head: u64, gauges: StoreGauges) {
         let clamp = |value: u64| i64::try_from(value).unwrap_or(i64::MAX);

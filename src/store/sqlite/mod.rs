@@ -8,6 +8,8 @@
 //! blocking thread. An exclusive lock file keeps a second process off the data dir.
 
 mod checkpoint;
+#[cfg(test)]
+mod checkpoint_tests;
 mod current;
 mod dependants;
 mod error;
