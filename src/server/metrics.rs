@@ -36,7 +36,7 @@ use tower::{Layer, Service};
 
 use crate::pb;
 use crate::policy::reason;
-use crate::store::metrics::StoreMetrics;
+use crate::store::metrics::{StoreBackend, StoreMetrics};
 
 /// The policy service's streaming method, whose open streams are a gauge of their own.
 const WATCH_PATH: &str = "/provision.v1.ProvisionPolicyService/WatchProvisionPolicies";
@@ -164,9 +164,9 @@ fn rpc_histogram() -> Histogram {
 }
 
 impl Metrics {
-    /// A registry with every series; the store's (`store`, and the pool's use when `pooled`)
-    /// under the same `provisiond_` prefix as the domain's.
-    pub fn new(store: StoreMetrics, pooled: bool) -> Self {
+    /// A registry with every series; the store's (`store`, with those of its `backend`) under
+    /// the same `provisiond_` prefix as the domain's.
+    pub fn new(store: StoreMetrics, backend: StoreBackend) -> Self {
         let mut registry = Registry::default();
         let started = Family::<MethodLabels, Counter>::default();
         let handled = Family::<HandledLabels, Counter>::default();
@@ -240,7 +240,7 @@ impl Metrics {
             "Always 1; the version of the running build",
             build_info,
         );
-        store.register(domain, pooled);
+        store.register(domain, backend);
 
         Self {
             inner: Arc::new(Inner {
@@ -672,7 +672,7 @@ mod tests {
 
     #[test]
     fn auth_failures_start_at_zero_and_count_by_code() {
-        let metrics = Metrics::new(StoreMetrics::new(), false);
+        let metrics = Metrics::new(StoreMetrics::new(), StoreBackend::Sqlite);
         let text = metrics.encode();
         assert!(text.contains("provisiond_auth_failures_total{code=\"UNAUTHENTICATED\"} 0"));
         assert!(text.contains("provisiond_auth_failures_total{code=\"PERMISSION_DENIED\"} 0"));

@@ -32,7 +32,7 @@ use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyServiceServer;
 use crate::service::PolicyService;
 use crate::store::Store;
-use crate::store::metrics::{Observed, StoreMetrics};
+use crate::store::metrics::{Observed, StoreBackend, StoreMetrics};
 use crate::store::postgres::{self, PostgresStore};
 use crate::store::sqlite::{OpenError, SqliteStore};
 use connections::Acceptor;
@@ -97,13 +97,13 @@ pub async fn serve(
         "sqlite" => {
             let store = SqliteStore::open(&config.data_dir)?;
             tracing::info!(data_dir = %config.data_dir.display(), "opened the SQLite store");
-            let metrics = Metrics::new(store.metrics().clone(), false);
+            let metrics = Metrics::new(store.metrics().clone(), StoreBackend::Sqlite);
             serve_store(listener, store, metrics, security.clone(), config, shutdown).await
         }
         url if postgres::is_url(url) => {
             let store = PostgresStore::open(url, config.store_ca_file.as_deref()).await?;
             tracing::info!(database = store.target(), "opened the PostgreSQL store");
-            let metrics = Metrics::new(store.metrics().clone(), true);
+            let metrics = Metrics::new(store.metrics().clone(), StoreBackend::Postgres);
             serve_store(listener, store, metrics, security.clone(), config, shutdown).await
         }
         other => Err(ServeError::UnknownStore(redacted(other))),

@@ -3,6 +3,7 @@
 //! - the batch size and COMMIT duration inside each backend's group-commit writer: only the
 //!   writer knows how many callers one transaction served, and a timer around `Store::write`
 //!   would measure the caller's wait in the queue, not the commit;
+//! - the SQLite WAL checkpoints in the checkpointer thread that runs them, off the writer;
 //! - read durations and errors by class at the [`Store`] trait boundary, by [`Observed`]: one
 //!   wrapper for every backend, so that no read path of either backend needs a timer of its own.
 //!
@@ -52,6 +53,68 @@ struct ErrorLabels {
     class: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ModeLabels {
+    mode: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct CheckpointLabels {
+    mode: &'static str,
+    result: &'static str,
+}
+
+/// Which backend the series are for: each exports some of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StoreBackend {
+    /// WAL checkpoints.
+    Sqlite,
+    /// The connection pool's use.
+    Postgres,
+}
+
+/// How the SQLite checkpointer ran a checkpoint of the WAL.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CheckpointMode {
+    /// Copies what it can without waiting for anyone.
+    Passive,
+    /// Copies everything and empties the WAL file, while the writer is held.
+    Truncate,
+}
+
+impl CheckpointMode {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Passive => "passive",
+            Self::Truncate => "truncate",
+        }
+    }
+}
+
+/// How a checkpoint ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum CheckpointResult {
+    /// Every frame of the WAL is in the database file (a TRUNCATE: and the WAL is empty).
+    Complete,
+    /// A reader's snapshot still needs some of the frames, so they stay in the WAL.
+    Partial,
+    /// A reader kept a TRUNCATE from emptying the WAL, or another process was checkpointing.
+    Busy,
+    /// SQLite failed (logged).
+    Error,
+}
+
+impl CheckpointResult {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Complete => "complete",
+            Self::Partial => "partial",
+            Self::Busy => "busy",
+            Self::Error => "error",
+        }
+    }
+}
+
 /// The store's series. Cheap to clone: every handle shares its values.
 #[derive(Debug, Clone)]
 pub struct StoreMetrics {
@@ -59,6 +122,8 @@ pub struct StoreMetrics {
     commit_seconds: Histogram,
     read_seconds: Family<OpLabels, Histogram>,
     errors: Family<ErrorLabels, Counter>,
+    checkpoints: Family<CheckpointLabels, Counter>,
+    checkpoint_seconds: Family<ModeLabels, Histogram>,
     head: Gauge,
     live_policies: Gauge,
     proxy_bindings: Gauge,
@@ -86,12 +151,21 @@ impl StoreMetrics {
                 let _ = errors.get_or_create(&ErrorLabels { op, class });
             }
         }
+        let checkpoints = Family::default();
+        for mode in [CheckpointMode::Passive, CheckpointMode::Truncate] {
+            let _ = checkpoints.get_or_create(&CheckpointLabels {
+                mode: mode.label(),
+                result: CheckpointResult::Error.label(),
+            });
+        }
         Self {
             // 1 to 256 (SQLite's MAX_BATCH; PostgreSQL's is 64).
             batch_size: Histogram::new(exponential_buckets(1.0, 2.0, 9)),
             commit_seconds: seconds_histogram(),
             read_seconds: Family::new_with_constructor(seconds_histogram),
             errors,
+            checkpoints,
+            checkpoint_seconds: Family::new_with_constructor(seconds_histogram),
             head: Gauge::default(),
             live_policies: Gauge::default(),
             proxy_bindings: Gauge::default(),
@@ -99,9 +173,9 @@ impl StoreMetrics {
         }
     }
 
-    /// Adds the series to `registry` (prefixed `provisiond_` by the caller's sub-registry).
-    /// `pooled`: whether the backend has a connection pool whose use is worth a series.
-    pub fn register(&self, registry: &mut Registry, pooled: bool) {
+    /// Adds the series to `registry` (prefixed `provisiond_` by the caller's sub-registry): those
+    /// of every backend and those of `backend`.
+    pub fn register(&self, registry: &mut Registry, backend: StoreBackend) {
         registry.register(
             "store_write_batch_size",
             "Mutations committed by one transaction of the group-commit writer",
@@ -139,12 +213,25 @@ impl StoreMetrics {
             "Stored proxy bindings",
             self.proxy_bindings.clone(),
         );
-        if pooled {
-            registry.register(
+        match backend {
+            StoreBackend::Sqlite => {
+                registry.register(
+                    "store_checkpoints",
+                    "SQLite WAL checkpoints run by the checkpointer thread, by mode and result",
+                    self.checkpoints.clone(),
+                );
+                registry.register_with_unit(
+                    "store_checkpoint",
+                    "Duration of a SQLite WAL checkpoint, by mode (a truncate holds the writer)",
+                    Unit::Seconds,
+                    self.checkpoint_seconds.clone(),
+                );
+            }
+            StoreBackend::Postgres => registry.register(
                 "store_pool_connections_in_use",
                 "PostgreSQL pool connections lent out to reads",
                 self.connections_in_use.clone(),
-            );
+            ),
         }
     }
 
@@ -152,6 +239,35 @@ impl StoreMetrics {
     pub(crate) fn committed(&self, batch: usize, duration: Duration) {
         self.batch_size.observe(batch as f64);
         self.commit_seconds.observe(duration.as_secs_f64());
+    }
+
+    /// One checkpoint of the SQLite WAL that ended as `result` after `duration`.
+    pub(crate) fn checkpointed(
+        &self,
+        mode: CheckpointMode,
+        result: CheckpointResult,
+        duration: Duration,
+    ) {
+        self.checkpoints
+            .get_or_create(&CheckpointLabels {
+                mode: mode.label(),
+                result: result.label(),
+            })
+            .inc();
+        self.checkpoint_seconds
+            .get_or_create(&ModeLabels { mode: mode.label() })
+            .observe(duration.as_secs_f64());
+    }
+
+    /// How many checkpoints in `mode` ended as `result`.
+    #[cfg(test)]
+    pub(crate) fn checkpoints(&self, mode: CheckpointMode, result: CheckpointResult) -> u64 {
+        self.checkpoints
+            .get_or_create(&CheckpointLabels {
+                mode: mode.label(),
+                result: result.label(),
+            })
+            .get()
     }
 
     /// Sets the gauges from what the store reports at scrape time.

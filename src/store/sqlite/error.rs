@@ -85,7 +85,7 @@ pub enum OpenError {
         #[source]
         source: rusqlite::Error,
     },
-    #[error("cannot start the database writer thread")]
+    #[error("cannot start the database writer or checkpointer thread")]
     Spawn(#[source] io::Error),
 }
 

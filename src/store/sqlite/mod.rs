@@ -1,11 +1,15 @@
 //! The embedded SQLite backend: one file in the data dir, WAL, `synchronous=FULL`.
 //!
-//! One writer thread owns the only read-write connection and group-commits the queued policy
-//! writes and binding changes (`writer.rs`, `operations.rs`); reads use a pool of read-only
-//! connections that never wait for it (`reads.rs`): `get` on the calling task, `check` (caller
-//! code of unbounded cost) and `list_bindings` (a caller-sized page) on a blocking thread.
-//! An exclusive lock file keeps a second process off the data dir.
+//! One writer thread owns the read-write connection that writes and group-commits the queued
+//! policy writes and binding changes (`writer.rs`, `operations.rs`); a checkpointer thread with
+//! a connection of its own keeps the WAL bounded without the writer (`checkpoint.rs`); reads use
+//! a pool of read-only connections that never wait for either (`reads.rs`): `get` on the calling
+//! task, `check` (caller code of unbounded cost) and `list_bindings` (a caller-sized page) on a
+//! blocking thread. An exclusive lock file keeps a second process off the data dir.
 
+mod checkpoint;
+#[cfg(test)]
+mod checkpoint_tests;
 mod dependants;
 mod error;
 mod lookup;
@@ -22,6 +26,7 @@ use std::future::Future;
 use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
+use self::checkpoint::{CheckpointLimits, Checkpointer};
 use self::dependants::Dependants;
 use self::error::Failure;
 pub use self::error::OpenError;
@@ -30,7 +35,7 @@ use self::operations::{CreateBinding, DeleteBinding};
 use self::reads::ReadPool;
 #[cfg(test)]
 use self::writer::Job;
-use self::writer::{Answer, Writer};
+use self::writer::{Answer, Queue, Writer};
 use super::changes::{ChangeSet, HeadPublisher};
 use super::current::{self, Current, Loading, Served};
 use super::metrics::{StoreGauges, StoreMetrics};
@@ -66,13 +71,18 @@ impl SqliteStore {
     /// uses the dir, and refuses a file that is not a healthy provisiond database of a schema
     /// version this code knows; such a file is never modified.
     pub fn open(data_dir: &Path) -> Result<Self, OpenError> {
+        Self::open_with(data_dir, CheckpointLimits::default())
+    }
+
+    /// [`SqliteStore::open`], with the WAL checkpointed within `limits`.
+    fn open_with(data_dir: &Path, limits: CheckpointLimits) -> Result<Self, OpenError> {
         std::fs::create_dir_all(data_dir).map_err(|source| OpenError::CreateDir {
             path: data_dir.to_owned(),
             source,
         })?;
         let lock = DataDirLock::acquire(data_dir)?;
         let path = data_dir.join(DATABASE_FILE);
-        let conn = open::open_writer(&path)?;
+        let conn = open::open_writer(&path, &limits)?;
         let (store_id, seq) = queries::log_state(&conn).map_err(|err| OpenError::Log {
             path: path.clone(),
             source: err.into(),
@@ -87,8 +97,18 @@ impl SqliteStore {
             source: Box::new(err),
         })?);
         let metrics = StoreMetrics::new();
+        let queue = Queue::new();
+        let checkpointer = Checkpointer::spawn(
+            open::open_checkpointer(&path)?,
+            queue.jobs(),
+            limits,
+            metrics.clone(),
+        )
+        .map_err(OpenError::Spawn)?;
         let writer = Writer::spawn(
             conn,
+            queue,
+            checkpointer,
             head.clone(),
             Arc::clone(&graph),
             Arc::clone(&current),
@@ -316,7 +336,8 @@ impl Store for SqliteStore {
     }
 
     async fn close(&self) -> Result<(), StoreError> {
-        // Readers first, so that the writer's final checkpoint can empty the WAL.
+        // Readers first, so that the writer's final checkpoint can empty the WAL (the writer
+        // stops the checkpointer before it).
         self.readers.close();
         let stopped = match self.writer.stop() {
             Some(thread) => match tokio::task::spawn_blocking(move || thread.join()).await {

@@ -10,13 +10,15 @@ use fs4::fs_std::FileExt;
 use rusqlite::{Connection, ErrorCode, OpenFlags};
 
 use super::OpenError;
+use super::checkpoint::{self, CheckpointLimits};
 use super::schema::{self, APPLICATION_ID};
 
 const LOCK_FILE: &str = "provisiond.lock";
 pub(super) const DATABASE_FILE: &str = "provisiond.sqlite3";
 
 /// How long a statement waits for a lock held by another connection before failing with BUSY.
-/// Within this process only checkpoints contend (writes are serialised by the writer thread).
+/// Within this process only checkpoints contend (writes are serialised by the writer thread): the
+/// writer's last one, at close, against a reader that is still finishing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// How many problems `quick_check` reports before it stops: enough to say what is wrong.
@@ -70,8 +72,8 @@ impl DataDirLock {
 
 /// Opens the connection that owns all writes, after refusing any file that is not a healthy
 /// provisiond database of a version we know, then migrates it. Nothing is written to the file
-/// before every check has passed.
-pub(super) fn open_writer(path: &Path) -> Result<Connection, OpenError> {
+/// before every check has passed. Its WAL is checkpointed by another connection, within `limits`.
+pub(super) fn open_writer(path: &Path, limits: &CheckpointLimits) -> Result<Connection, OpenError> {
     let open_error = |source| OpenError::Open {
         path: path.to_owned(),
         source,
@@ -105,8 +107,51 @@ pub(super) fn open_writer(path: &Path) -> Result<Connection, OpenError> {
         .map_err(configure_error)?;
     conn.pragma_update(None, "foreign_keys", true)
         .map_err(configure_error)?;
+    // The automatic checkpoint would run inside the COMMIT that crosses its threshold, with every
+    // queued caller waiting: the checkpointer's thread does it instead. The WAL hook, which tells
+    // the writer when to wake that thread, must come after: this pragma replaces any hook.
+    conn.pragma_update(None, "wal_autocheckpoint", 0)
+        .map_err(configure_error)?;
+    checkpoint::count_frames(&conn);
+    // After the WAL starts again from its beginning, its first commit cuts the file back to
+    // this: what a passive checkpoint lets it grow to, not the most it ever held.
+    let page_size: u32 = conn
+        .pragma_query_value(None, "page_size", |row| row.get(0))
+        .map_err(configure_error)?;
+    let limit = checkpoint::wal_file_bytes(limits.threshold, page_size);
+    conn.pragma_update(
+        None,
+        "journal_size_limit",
+        i64::try_from(limit).unwrap_or(i64::MAX),
+    )
+    .map_err(configure_error)?;
 
     schema::migrate(&mut conn, version, path)?;
+    Ok(conn)
+}
+
+/// Opens the checkpointer's connection to the file `open_writer` has checked and migrated.
+pub(super) fn open_checkpointer(path: &Path) -> Result<Connection, OpenError> {
+    let conn = Connection::open_with_flags(
+        path,
+        OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX,
+    )
+    .map_err(|source| OpenError::Open {
+        path: path.to_owned(),
+        source,
+    })?;
+    let configure_error = |source| OpenError::Configure {
+        path: path.to_owned(),
+        source,
+    };
+    // Only a TRUNCATE waits (a PASSIVE never calls the busy handler), and it holds the writer
+    // while it does.
+    conn.busy_timeout(checkpoint::READER_WAIT)
+        .map_err(configure_error)?;
+    // A checkpoint syncs as its connection's `synchronous` says: FULL, as the writer's, so that
+    // the database file is on disk before the WAL frames it was copied from can be overwritten.
+    conn.pragma_update(None, "synchronous", "FULL")
+        .map_err(configure_error)?;
     Ok(conn)
 }
 

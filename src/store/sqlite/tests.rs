@@ -57,12 +57,12 @@ fn open_error(dir: &Path) -> OpenError {
     }
 }
 
-fn database(dir: &Path) -> PathBuf {
+pub(super) fn database(dir: &Path) -> PathBuf {
     dir.join(DATABASE_FILE)
 }
 
 /// A connection of the test's own to the store's file, as an operator's `sqlite3` would be.
-fn side_connection(dir: &Path) -> Connection {
+pub(super) fn side_connection(dir: &Path) -> Connection {
     let conn = Connection::open(database(dir)).unwrap();
     conn.busy_timeout(std::time::Duration::from_secs(5))
         .unwrap();
@@ -79,7 +79,7 @@ fn hold_writer(store: &SqliteStore) -> std::sync::mpsc::Sender<()> {
     release
 }
 
-async fn on_writer<T: Send + 'static>(
+pub(super) async fn on_writer<T: Send + 'static>(
     store: &SqliteStore,
     task: impl FnOnce(&Connection) -> T + Send + 'static,
 ) -> T {
@@ -90,7 +90,7 @@ async fn on_writer<T: Send + 'static>(
     answer.await.unwrap()
 }
 
-fn key(n: usize) -> pb::EntitlementRef {
+pub(super) fn key(n: usize) -> pb::EntitlementRef {
     entitlement("app", &format!("entitlement-{n}"))
 }
 
@@ -353,7 +353,9 @@ async fn a_failing_write_rolls_back_only_itself_and_later_writes_see_earlier_one
     }
 }
 
-fn written_now(result: Result<WriteOutcome, StoreError>) -> crate::store::StoredRevision {
+pub(super) fn written_now(
+    result: Result<WriteOutcome, StoreError>,
+) -> crate::store::StoredRevision {
     match result {
         Ok(WriteOutcome::Written { record, .. }) => record,
         other => panic!("expected Written, got {other:?}"),

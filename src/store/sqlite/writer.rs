@@ -2,10 +2,11 @@
 //! 0.2 ms here), so the writer drains every queued operation (policy writes and binding
 //! changes alike) into one transaction, a savepoint per operation, commits once and only then
 //! answers each caller. One writer also serialises what must not interleave: a delegation's
-//! check and write against the delete of the binding it relies on.
+//! check and write against the delete of the binding it relies on. It never checkpoints the WAL
+//! while it runs (`checkpoint.rs` does, on its own thread); only when it stops.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender, TryRecvError};
+use std::sync::mpsc::{self, Receiver, Sender, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::Instant;
@@ -13,6 +14,7 @@ use std::time::Instant;
 use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
+use super::checkpoint::Checkpointer;
 use super::dependants::{Dependants, EdgeChange};
 use super::error::{self, Failure};
 use super::queries;
@@ -51,6 +53,8 @@ pub(super) type Answer<T> = oneshot::Receiver<Result<T, StoreError>>;
 pub(super) enum Job {
     /// An operation for the next batch, with the channel of its answer.
     Batched(Box<dyn Queued>),
+    /// Stops the writer between two batches, for the checkpointer to empty the WAL.
+    Hold(Hold),
     /// Runs on the writer connection between batches: lets tests hold the writer or inspect
     /// its connection.
     #[cfg(test)]
@@ -173,25 +177,100 @@ fn in_savepoint<O: Operation>(
     Ok((output, keep))
 }
 
+/// The writer's queue before the writer starts: made first, so that the checkpointer can be given
+/// its [`Jobs`] before the writer is given the checkpointer.
+pub(super) struct Queue {
+    jobs: Jobs,
+    receiver: Receiver<Job>,
+}
+
+impl Queue {
+    pub(super) fn new() -> Self {
+        let (sender, receiver) = mpsc::channel();
+        Self {
+            jobs: Jobs(Arc::new(Mutex::new(Some(sender)))),
+            receiver,
+        }
+    }
+
+    pub(super) fn jobs(&self) -> Jobs {
+        self.jobs.clone()
+    }
+}
+
+/// Submits to the writer's queue. Every clone shares one sender, so that [`Writer::stop`] closes
+/// the queue for all of them at once: a clone kept by the checkpointer never keeps the writer
+/// running.
+#[derive(Clone)]
+pub(super) struct Jobs(Arc<Mutex<Option<Sender<Job>>>>);
+
+impl Jobs {
+    pub(super) fn submit(&self, job: Job) -> Result<(), StoreError> {
+        let jobs = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let jobs = jobs.as_ref().ok_or(Failure::Closed)?;
+        jobs.send(job).map_err(|_| Failure::WriterStopped.into())
+    }
+
+    /// Holds the writer once it has answered the batches queued before this call, until the
+    /// returned guard is dropped. `None` when the writer is stopping or stopped.
+    pub(super) fn hold(&self) -> Option<Held> {
+        let (held, holding) = mpsc::sync_channel(1);
+        let (release, released) = mpsc::channel();
+        self.submit(Job::Hold(Hold { held, released })).ok()?;
+        // An error: the writer thread ended (panicked) with the job still queued.
+        holding.recv().ok()?;
+        Some(Held { _release: release })
+    }
+
+    fn close(&self) {
+        drop(self.0.lock().unwrap_or_else(PoisonError::into_inner).take());
+    }
+}
+
+/// What the writer waits on while it is held.
+pub(super) struct Hold {
+    held: SyncSender<()>,
+    released: Receiver<()>,
+}
+
+impl Hold {
+    /// Between batches: no transaction is open, so a checkpoint that needs the write lock takes
+    /// it at once rather than polling for it against the next batch.
+    fn wait(self) {
+        if self.held.send(()).is_ok() {
+            // Returns when the holder drops its guard, whatever became of the holder.
+            let _ = self.released.recv();
+        }
+    }
+}
+
+/// The writer is held while this lives.
+pub(super) struct Held {
+    _release: Sender<()>,
+}
+
 /// The handle on the writer thread. Dropping it stops the thread once every queued job is
 /// answered.
 pub(super) struct Writer {
-    jobs: Mutex<Option<Sender<Job>>>,
+    jobs: Jobs,
     thread: Mutex<Option<JoinHandle<Result<(), StoreError>>>>,
     commits: Arc<AtomicU64>,
 }
 
 impl Writer {
-    /// Starts the thread; after each commit, before answering, it moves `head` forward and
-    /// applies the batch's delegation edges to `graph`.
+    /// Starts the thread on `queue`; after each commit, before answering, it moves `head`
+    /// forward and applies the batch's delegation edges to `graph`; after answering, it tells
+    /// `checkpointer`, which it stops before its own checkpoint at the end.
     pub(super) fn spawn(
         conn: Connection,
+        queue: Queue,
+        checkpointer: Checkpointer,
         head: HeadPublisher,
         graph: Arc<Dependants>,
         current: Arc<Current>,
         metrics: StoreMetrics,
     ) -> std::io::Result<Self> {
-        let (jobs, queue) = mpsc::channel();
+        let Queue { jobs, receiver } = queue;
         let commits = Arc::new(AtomicU64::new(0));
         let thread = std::thread::Builder::new()
             .name("provisiond-sqlite-writer".into())
@@ -204,11 +283,11 @@ impl Writer {
                         current,
                         metrics,
                     };
-                    run(conn, &queue, &commits, &committed)
+                    run(conn, &receiver, checkpointer, &commits, &committed)
                 }
             })?;
         Ok(Self {
-            jobs: Mutex::new(Some(jobs)),
+            jobs,
             thread: Mutex::new(Some(thread)),
             commits,
         })
@@ -231,9 +310,7 @@ impl Writer {
     }
 
     pub(super) fn submit(&self, job: Job) -> Result<(), StoreError> {
-        let jobs = self.jobs.lock().unwrap_or_else(PoisonError::into_inner);
-        let jobs = jobs.as_ref().ok_or(Failure::Closed)?;
-        jobs.send(job).map_err(|_| Failure::WriterStopped.into())
+        self.jobs.submit(job)
     }
 
     pub(super) fn commits(&self) -> u64 {
@@ -243,12 +320,7 @@ impl Writer {
     /// Closes the queue and hands back the thread, which exits after answering every job
     /// already queued and checkpointing the WAL. `None` once stopped.
     pub(super) fn stop(&self) -> Option<JoinHandle<Result<(), StoreError>>> {
-        drop(
-            self.jobs
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .take(),
-        );
+        self.jobs.close();
         self.thread
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -282,6 +354,7 @@ struct Committed {
 fn run(
     mut conn: Connection,
     queue: &Receiver<Job>,
+    mut checkpointer: Checkpointer,
     commits: &AtomicU64,
     head: &Committed,
 ) -> Result<(), StoreError> {
@@ -293,7 +366,6 @@ fn run(
                 while batch.len() < MAX_BATCH {
                     match queue.try_recv() {
                         Ok(Job::Batched(queued)) => batch.push(queued),
-                        #[cfg(test)]
                         Ok(other) => {
                             next = Some(other);
                             break;
@@ -302,11 +374,15 @@ fn run(
                     }
                 }
                 commit_batch(&mut conn, batch, commits, head);
+                checkpointer.committed();
             }
+            Job::Hold(hold) => hold.wait(),
             #[cfg(test)]
             Job::Run(task) => task(&conn),
         }
     }
+    // Its checkpoints would make the last one BUSY, and leave the WAL behind.
+    checkpointer.stop();
     // Fold the WAL back into the database file, so that a stopped data dir is one file.
     let (busy, _, _): (i64, i64, i64) =
         conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |row| {
