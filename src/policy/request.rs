@@ -188,9 +188,17 @@ fn decode_page_token(token: &str) -> Option<Cursor> {
     })
 }
 
-/// Lower-case hex: the text of every token this service issues.
+/// Lower-case hex: the text of every token this service issues. Written into one allocation:
+/// a cursor is in every Get, Set and watch message, and a `format!` per byte made its encoding
+/// a fifth of a Get's instructions (callgrind).
 pub(super) fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut text = String::with_capacity(bytes.len() * 2);
+    for byte in bytes {
+        text.push(char::from(DIGITS[usize::from(byte >> 4)]));
+        text.push(char::from(DIGITS[usize::from(byte & 0x0f)]));
+    }
+    text
 }
 
 pub(super) fn unhex(text: &str) -> Option<Vec<u8>> {

@@ -159,6 +159,21 @@ fn pack(fields: &[&str]) -> String {
     hex(fields.join("\n").as_bytes())
 }
 
+#[cfg(test)]
+mod hex_tests {
+    use super::super::request::{hex, unhex};
+
+    #[test]
+    fn hex_is_lower_case_two_digits_a_byte_and_unhex_reverses_it() {
+        let bytes: Vec<u8> = (0..=255).collect();
+        let text = hex(&bytes);
+        assert_eq!(text.len(), 512);
+        assert!(text.starts_with("000102") && text.ends_with("fdfeff"));
+        assert_eq!(unhex(&text), Some(bytes));
+        assert_eq!(hex(b"cursor/1"), "637572736f722f31");
+    }
+}
+
 /// Runs `read` on the fields of a token; `None` for anything that is not the hex of UTF-8 text.
 fn with_fields<T>(text: &str, read: impl FnOnce(&[&str]) -> Option<T>) -> Option<T> {
     if text.len() > MAX_TOKEN_CHARS {
