@@ -4,6 +4,7 @@
 use crate::error::Error;
 use crate::pb;
 use crate::policy;
+use crate::policy::consistency::Freshness;
 use crate::policy::dependents::{self, key};
 use crate::policy::graph_requests::{self, PlanTarget};
 use crate::policy::plan::{self, Plan};
@@ -125,22 +126,28 @@ pub(super) async fn dependents(
 
 /// How many entitlements depend on `entitlement`, directly or through chains, as stored now:
 /// one point read when none does (the common case), the full walk in a read view otherwise.
+/// How many entitlements depend on `entitlement` in the stored state at least at log position
+/// `at` (0: as it is now): from memory when it has reached that, else the database.
 pub(super) async fn count_dependents(
     store: &impl Store,
     entitlement: Option<&pb::EntitlementRef>,
+    at: u64,
 ) -> Result<i32, Error> {
     let Some(entitlement) = entitlement.filter(|e| policy::is_entitlement(e)) else {
         return Ok(0);
     };
-    if !store.has_dependants(entitlement).await? {
-        return Ok(0);
-    }
     let entitlement = entitlement.clone();
-    Ok(store
-        .read_snapshot(Box::new(move |snapshot| {
-            dependent_count(Some(&entitlement), snapshot)
-        }))
-        .await?)
+    let freshness = match at {
+        0 => Freshness::Latest,
+        at => Freshness::AtLeast(at),
+    };
+    let served = store
+        .read_current(
+            freshness,
+            Box::new(move |snapshot| dependent_count(Some(&entitlement), snapshot)),
+        )
+        .await?;
+    Ok(served.value)
 }
 
 /// How many entitlements depend on `entitlement`, directly or through chains; 0 for a resource

@@ -117,8 +117,12 @@ pub(super) async fn set(
     };
     let (record, warnings) = write(store, resource, intent).await?;
     // Counted after the commit, not under the write lock: the blast radius, as now stored.
-    let dependent_count =
-        plans::count_dependents(store, record.resource.entitlement.as_ref()).await?;
+    let dependent_count = plans::count_dependents(
+        store,
+        record.resource.entitlement.as_ref(),
+        record.change_seq,
+    )
+    .await?;
     Ok(pb::SetProvisionPolicyResponse {
         change_cursor: write_cursor(store, &record),
         policy: Some(record.into_resource()),
@@ -132,32 +136,34 @@ pub(super) async fn validate(
     request: pb::ValidateProvisionPolicyRequest,
 ) -> Result<pb::ValidateProvisionPolicyResponse, Error> {
     let freshness = freshness_of(store, request.consistency.as_ref())?;
-    // Before the reads: they see at least every change up to it.
-    let at = database_position(store, freshness).await?;
     let mut resource = request.policy.unwrap_or_default();
     clear_output_fields(&mut resource);
     let mut violations = check_static(&resource);
-    // The read view (a hop to a blocking thread, most of a Validate's cost) only when there is a
-    // delegation to follow; else the count takes one point read.
-    let dependent_count = if policy::needs_graph_check(&resource) {
-        let (graph, count) = store
-            .read_snapshot(Box::new(move |snapshot| {
+    // The stored state the rules read: memory when it is fresh enough (always, on SQLite),
+    // else one read view of the database.
+    let needs_graph = policy::needs_graph_check(&resource);
+    let served = store
+        .read_current(
+            freshness,
+            Box::new(move |snapshot| {
                 let lookup: &dyn policy::Lookup = snapshot;
-                let graph = policy::check_graph(&resource, lookup)?;
+                let graph = match needs_graph {
+                    true => policy::check_graph(&resource, lookup)?,
+                    false => Vec::new(),
+                };
                 let count = plans::dependent_count(resource.entitlement.as_ref(), lookup)?;
                 Ok((graph, count))
-            }))
-            .await?;
-        violations.extend(graph);
-        count
-    } else {
-        plans::count_dependents(store, resource.entitlement.as_ref()).await?
-    };
+            }),
+        )
+        .await
+        .map_err(|error| read_error(store, error))?;
+    let (graph, dependent_count) = served.value;
+    violations.extend(graph);
     Ok(pb::ValidateProvisionPolicyResponse {
         valid: !policy::has_errors(&violations),
         violations,
         dependent_count,
-        served_at: cursor_of(store, at),
+        served_at: cursor_of(store, served.at),
     })
 }
 

@@ -131,7 +131,7 @@ async fn tables(store: &impl Store) -> (u64, BTreeMap<(String, String), StoredRe
 }
 
 /// Memory (served without a look at the database, once it has reached the head) against the
-/// tables, key by key.
+/// tables, key by key: the current revisions, and every lookup the delegation rules make.
 async fn agree(store: &impl Store, keys: &[pb::EntitlementRef], when: &str) -> usize {
     let (at, rows) = tables(store).await;
     for key in keys {
@@ -139,7 +139,51 @@ async fn agree(store: &impl Store, keys: &[pb::EntitlementRef], when: &str) -> u
         let stored = rows.get(&(key.app_id.clone(), key.entitlement_id.clone()));
         assert_eq!(served.value.as_ref(), stored, "{when}: {key:?}");
     }
+    let (for_memory, for_tables) = (keys.to_vec(), keys.to_vec());
+    let memory = store
+        .read_current(
+            Freshness::Any,
+            Box::new(move |snapshot| lookups(&for_memory, snapshot)),
+        )
+        .await
+        .unwrap();
+    assert!(memory.at >= at, "{when}: memory settled at the head");
+    let tables = store
+        .read_snapshot(Box::new(move |snapshot| lookups(&for_tables, snapshot)))
+        .await
+        .unwrap();
+    if memory.at == at {
+        assert_eq!(memory.value, tables, "{when}: the lookups of the rules");
+    }
     rows.len()
+}
+
+/// What the delegation rules and the plans can ask of stored state about `keys`.
+type Lookups = Vec<(
+    Option<Vec<pb::EntitlementRef>>,
+    Vec<pb::EntitlementRef>,
+    Vec<bool>,
+    Option<pb::EntitlementProvisionPolicy>,
+)>;
+
+fn lookups(
+    keys: &[pb::EntitlementRef],
+    snapshot: &dyn crate::policy::Snapshot,
+) -> Result<Lookups, crate::policy::LookupError> {
+    keys.iter()
+        .map(|key| {
+            let bindings = keys
+                .iter()
+                .map(|source| snapshot.binding_exists(source, key))
+                .collect::<Result<_, _>>()?;
+            Ok((
+                snapshot.delegation_targets(key)?,
+                snapshot.dependants(key)?,
+                bindings,
+                snapshot.resource(key)?,
+            ))
+        })
+        .collect()
 }
 
 /// One random mutation of the entitlements `keys` (at most 6): a write (delegating to some of
@@ -208,7 +252,13 @@ pub(crate) async fn mutate_at_random(
             }
         }
         5 => match store.get(owner, Some(1)).await.unwrap() {
-            Some(old) => store.write(put(old.resource)).await.map(drop),
+            Some(old) => {
+                let write = Write {
+                    delegation_targets: crate::policy::graph::edges(&old.resource).targets,
+                    ..put(old.resource)
+                };
+                store.write(write).await.map(drop)
+            }
             None => Ok(()),
         },
         _ => store.write(write).await.map(drop),

@@ -6,14 +6,19 @@
 //! strings and vectors each their own allocation), which at 100k policies is the difference
 //! between ~60 MB and ~370 MB.
 //!
-//! Who keeps it current differs by backend, the rules of serving from it do not (`serve`):
-//! SQLite's writer applies each batch once it has committed and before it answers, so memory is
-//! exact; each PostgreSQL replica applies the change log in order (`postgres/follow.rs`), so
-//! memory may lag the database by the time a change takes to arrive.
+//! Beside the policies it holds what the delegation rules read (each live policy's delegation
+//! targets, who delegates to whom, the proxy bindings), so that a Validate, a Set's dependant
+//! count or a plan reads memory ([`View`], a [`Snapshot`]) instead of the database.
+//!
+//! Both backends keep it current the same way, from the change log's entries (`apply_log`):
+//! SQLite's writer applies each batch's entries once it has committed and before it answers,
+//! so memory is exact; each PostgreSQL replica applies the log in order (`postgres/follow.rs`),
+//! so memory may lag the database by the time a change takes to arrive. The rules of serving
+//! from it are one (`choose`).
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::future::Future;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 use std::time::{Duration, SystemTime};
 
 use prost::Message;
@@ -25,17 +30,23 @@ use super::{StoreError, StoredRevision};
 use crate::pb;
 use crate::pb::policy_change::Kind;
 use crate::policy::consistency::Freshness;
+use crate::policy::{self, Lookup, LookupError, Snapshot};
 
 /// How long a read waits for memory to reach the position it needs before it reads the
 /// database instead: long enough for a change on its way (a log read, about a millisecond),
 /// short enough that a stalled feed costs a read little.
 const CATCH_UP: Duration = Duration::from_millis(200);
 
-/// What a committed operation did to its entitlement's current revision.
+/// What one change of the log does to the state.
 #[derive(Debug, Clone)]
-pub enum CurrentChange {
+enum CurrentChange {
     Put(Box<StoredRevision>),
     Removed(pb::EntitlementRef),
+    Binding {
+        source: pb::EntitlementRef,
+        destination: pb::EntitlementRef,
+        created: bool,
+    },
 }
 
 /// A stored revision with its resource still encoded, as a backend reads it at start.
@@ -58,6 +69,16 @@ pub struct Served<T> {
     pub at: u64,
 }
 
+/// Where a read is to be served from, as [`choose`] decides.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Source {
+    Memory,
+    /// The database, which is at least at this position.
+    Database {
+        at: u64,
+    },
+}
+
 #[derive(Debug)]
 pub struct Current {
     state: RwLock<State>,
@@ -68,11 +89,92 @@ pub struct Current {
     wanted: Notify,
 }
 
+type Key = (String, String);
+
+fn key_of(entitlement: &pb::EntitlementRef) -> Key {
+    (
+        entitlement.app_id.clone(),
+        entitlement.entitlement_id.clone(),
+    )
+}
+
+fn entitlement_of((app_id, entitlement_id): &Key) -> pb::EntitlementRef {
+    pb::EntitlementRef {
+        app_id: app_id.clone(),
+        entitlement_id: entitlement_id.clone(),
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     policies: HashMap<pb::EntitlementRef, Entry>,
+    /// The entitlements each live policy delegates to (in either policy; never itself),
+    /// ordered; only those that delegate.
+    targets: HashMap<pb::EntitlementRef, Vec<pb::EntitlementRef>>,
+    /// Who delegates to each entitlement, ordered by app id then entitlement id.
+    dependants: HashMap<pb::EntitlementRef, BTreeSet<Key>>,
+    /// Every proxy binding: (source, destination).
+    bindings: HashSet<(pb::EntitlementRef, pb::EntitlementRef)>,
     /// Every change of the log up to here is applied.
     at: u64,
+}
+
+impl State {
+    /// Makes `targets` the delegation edges of `key`.
+    fn set_targets(&mut self, key: &pb::EntitlementRef, mut targets: Vec<pb::EntitlementRef>) {
+        targets.retain(|target| target != key);
+        targets.sort_by(|a, b| (&a.app_id, &a.entitlement_id).cmp(&(&b.app_id, &b.entitlement_id)));
+        targets.dedup();
+        for target in &targets {
+            self.dependants
+                .entry(target.clone())
+                .or_default()
+                .insert(key_of(key));
+        }
+        let old = match targets.is_empty() {
+            true => self.targets.remove(key),
+            false => self.targets.insert(key.clone(), targets),
+        };
+        let current = self.targets.get(key);
+        for target in old.unwrap_or_default() {
+            if current.is_some_and(|now| now.contains(&target)) {
+                continue;
+            }
+            if let Some(who) = self.dependants.get_mut(&target) {
+                who.remove(&key_of(key));
+                if who.is_empty() {
+                    self.dependants.remove(&target);
+                }
+            }
+        }
+    }
+
+    fn apply(&mut self, change: CurrentChange) {
+        match change {
+            CurrentChange::Put(record) => {
+                if let Some(key) = record.resource.entitlement.clone() {
+                    let targets = policy::graph::edges(&record.resource).targets;
+                    self.set_targets(&key, targets);
+                    let entry = Entry::Live(Arc::new(Encoded::new(&record)));
+                    self.policies.insert(key, entry);
+                }
+            }
+            CurrentChange::Removed(key) => {
+                self.set_targets(&key, Vec::new());
+                self.policies.remove(&key);
+            }
+            CurrentChange::Binding {
+                source,
+                destination,
+                created,
+            } => {
+                match created {
+                    true => self.bindings.insert((source, destination)),
+                    false => self.bindings.remove(&(source, destination)),
+                };
+            }
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -153,7 +255,7 @@ impl Encoded {
 
 /// The state as a backend reads it at start, one row at a time.
 #[derive(Default)]
-pub struct Loading(HashMap<pb::EntitlementRef, Entry>);
+pub struct Loading(State, HashMap<pb::EntitlementRef, Vec<pb::EntitlementRef>>);
 
 impl Loading {
     /// Adds one stored current revision; one that does not read is logged and fails only its
@@ -166,16 +268,27 @@ impl Loading {
                 Entry::Undecodable
             }
         };
-        self.0.insert(key, entry);
+        self.0.policies.insert(key, entry);
+    }
+
+    /// Adds a stored delegation edge (from the backend's table of them, so that the policies
+    /// need not be decoded at start).
+    pub fn add_edge(&mut self, key: pb::EntitlementRef, target: pb::EntitlementRef) {
+        self.1.entry(key).or_default().push(target);
+    }
+
+    pub fn add_binding(&mut self, source: pb::EntitlementRef, destination: pb::EntitlementRef) {
+        self.0.bindings.insert((source, destination));
     }
 
     /// The state, as of log position `at`.
-    pub fn finish(self, at: u64) -> Current {
+    pub fn finish(mut self, at: u64) -> Current {
+        for (key, targets) in std::mem::take(&mut self.1) {
+            self.0.set_targets(&key, targets);
+        }
+        self.0.at = at;
         Current {
-            state: RwLock::new(State {
-                policies: self.0,
-                at,
-            }),
+            state: RwLock::new(self.0),
             reached: watch::Sender::new(at),
             wanted: Notify::new(),
         }
@@ -183,6 +296,10 @@ impl Loading {
 }
 
 impl Current {
+    fn state(&self) -> RwLockReadGuard<'_, State> {
+        self.state.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// The current revision of `key` if it is live, with the position memory has reached.
     pub fn get(
         &self,
@@ -190,7 +307,7 @@ impl Current {
     ) -> Result<Served<Option<StoredRevision>>, StoreError> {
         // The lock is held only for the lookup; the decode runs after it.
         let (entry, at) = {
-            let state = self.state.read().unwrap_or_else(PoisonError::into_inner);
+            let state = self.state();
             let entry = match state.policies.get(key) {
                 None => None,
                 Some(Entry::Live(encoded)) => Some(Arc::clone(encoded)),
@@ -202,50 +319,45 @@ impl Current {
         Ok(Served { value, at })
     }
 
-    /// The log position memory has reached.
-    pub fn at(&self) -> u64 {
-        self.state.read().unwrap_or_else(PoisonError::into_inner).at
+    /// Whether any live policy other than `key`'s own delegates to it.
+    pub fn has_dependants(&self, key: &pb::EntitlementRef) -> bool {
+        self.state().dependants.contains_key(key)
     }
 
-    /// Applies committed changes; `at`, when known, is the log position they bring memory to
-    /// (it never moves back).
-    pub fn apply(&self, changes: impl IntoIterator<Item = CurrentChange>, at: Option<u64>) {
-        let at = {
-            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
-            for change in changes {
-                match change {
-                    CurrentChange::Put(record) => {
-                        if let Some(key) = record.resource.entitlement.clone() {
-                            let entry = Entry::Live(Arc::new(Encoded::new(&record)));
-                            state.policies.insert(key, entry);
-                        }
-                    }
-                    CurrentChange::Removed(key) => {
-                        state.policies.remove(&key);
-                    }
-                }
-            }
-            if let Some(at) = at {
-                state.at = state.at.max(at);
-            }
-            state.at
-        };
-        self.reached.send_if_modified(|reached| {
-            let moved = *reached < at;
-            *reached = at.max(*reached);
-            moved
-        });
+    /// A consistent view of the whole state, for the delegation rules and the plans: the writer
+    /// (or the follower) waits while it is held, so hold it only for an in-memory walk.
+    pub fn view(&self) -> View<'_> {
+        View(self.state())
+    }
+
+    /// The log position memory has reached.
+    pub fn at(&self) -> u64 {
+        self.state().at
     }
 
     /// Applies entries of the log, which must follow on from [`Self::at`] in order.
     pub fn apply_log(&self, sets: &[ChangeSet]) -> Result<(), StoreError> {
+        let mut changes = Vec::new();
         for set in sets {
-            let mut changes = Vec::with_capacity(set.changes.len());
             for change in &set.changes {
                 changes.extend(of_log(change, set.seq)?);
             }
-            self.apply(changes, Some(set.seq));
         }
+        let Some(last) = sets.last().map(|set| set.seq) else {
+            return Ok(());
+        };
+        {
+            let mut state = self.state.write().unwrap_or_else(PoisonError::into_inner);
+            for change in changes {
+                state.apply(change);
+            }
+            state.at = state.at.max(last);
+        }
+        self.reached.send_if_modified(|reached| {
+            let moved = *reached < last;
+            *reached = last.max(*reached);
+            moved
+        });
         Ok(())
     }
 
@@ -269,15 +381,73 @@ impl Current {
     /// How many policies are held (live or unreadable).
     #[cfg(test)]
     pub fn held(&self) -> usize {
-        self.state
-            .read()
-            .unwrap_or_else(PoisonError::into_inner)
-            .policies
-            .len()
+        self.state().policies.len()
     }
 }
 
-/// What one change of the log does to the current revisions.
+/// The whole state at one position of the log, as the rules read stored state.
+pub struct View<'a>(RwLockReadGuard<'a, State>);
+
+impl View<'_> {
+    /// The position it shows.
+    pub fn at(&self) -> u64 {
+        self.0.at
+    }
+}
+
+impl Lookup for View<'_> {
+    fn delegation_targets(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> Result<Option<Vec<pb::EntitlementRef>>, LookupError> {
+        Ok(match self.0.policies.contains_key(entitlement) {
+            true => Some(self.0.targets.get(entitlement).cloned().unwrap_or_default()),
+            false => None,
+        })
+    }
+
+    fn binding_exists(
+        &self,
+        source: &pb::EntitlementRef,
+        destination: &pb::EntitlementRef,
+    ) -> Result<bool, LookupError> {
+        Ok(self
+            .0
+            .bindings
+            .contains(&(source.clone(), destination.clone())))
+    }
+
+    fn dependants(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> Result<Vec<pb::EntitlementRef>, LookupError> {
+        Ok(self
+            .0
+            .dependants
+            .get(entitlement)
+            .map(|who| who.iter().map(entitlement_of).collect())
+            .unwrap_or_default())
+    }
+}
+
+impl Snapshot for View<'_> {
+    fn resource(
+        &self,
+        entitlement: &pb::EntitlementRef,
+    ) -> Result<Option<pb::EntitlementProvisionPolicy>, LookupError> {
+        match self.0.policies.get(entitlement) {
+            None => Ok(None),
+            Some(Entry::Live(encoded)) => Ok(Some(encoded.decode()?.resource)),
+            Some(Entry::Undecodable) => Err(Box::new(Unreadable::AtStart)),
+        }
+    }
+
+    fn head(&self) -> Result<u64, LookupError> {
+        Ok(self.0.at)
+    }
+}
+
+/// What one change of the log does to the state.
 fn of_log(change: &pb::PolicyChange, seq: u64) -> Result<Option<CurrentChange>, StoreError> {
     let kind = Kind::try_from(change.kind).unwrap_or(Kind::Unspecified);
     match kind {
@@ -306,28 +476,36 @@ fn of_log(change: &pb::PolicyChange, seq: u64) -> Result<Option<CurrentChange>, 
             Ok(Some(CurrentChange::Put(Box::new(record))))
         }
         Kind::Delete => Ok(change.entitlement.clone().map(CurrentChange::Removed)),
-        Kind::BindingCreated | Kind::BindingDeleted | Kind::Unspecified => Ok(None),
+        Kind::BindingCreated | Kind::BindingDeleted => {
+            let binding = change.binding.as_ref().ok_or(Unreadable::Change)?;
+            let (Some(source), Some(destination)) = (&binding.source, &binding.destination) else {
+                return Err(Unreadable::Change.into());
+            };
+            Ok(Some(CurrentChange::Binding {
+                source: source.clone(),
+                destination: destination.clone(),
+                created: kind == Kind::BindingCreated,
+            }))
+        }
+        Kind::Unspecified => Ok(None),
     }
 }
 
-/// Serves a read of the current state as fresh as `freshness` asks: from memory when it has
-/// reached the position needed (waiting [`CATCH_UP`] for it at most), else from the database
-/// (`read_database`, served at the head it was told). `head` reads the log head from the
-/// database itself; a cursor past it is `CursorAhead`.
-pub async fn serve<T, H, R>(
+/// Where a read of the current state as fresh as `freshness` asks is served from: memory when
+/// it has reached the position needed (waiting [`CATCH_UP`] for it at most), else the
+/// database, at the head it was told. `head` reads the log head from the database itself; a
+/// cursor past it is `CursorAhead`.
+pub async fn choose<H>(
     current: &Current,
     freshness: Freshness,
-    from_memory: impl Fn(&Current) -> Result<Served<T>, StoreError>,
     head: impl FnOnce() -> H,
-    read_database: impl FnOnce() -> R,
-) -> Result<Served<T>, StoreError>
+) -> Result<Source, StoreError>
 where
     H: Future<Output = Result<u64, StoreError>>,
-    R: Future<Output = Result<T, StoreError>>,
 {
-    let needed = match freshness {
-        Freshness::Any => return from_memory(current),
-        Freshness::AtLeast(given) if current.at() >= given => return from_memory(current),
+    let (seq, head) = match freshness {
+        Freshness::Any => return Ok(Source::Memory),
+        Freshness::AtLeast(given) if current.at() >= given => return Ok(Source::Memory),
         Freshness::AtLeast(given) => {
             let head = head().await?;
             if given > head {
@@ -340,15 +518,67 @@ where
             (head, head)
         }
     };
-    let (seq, head) = needed;
     if current.reach(seq).await {
-        return from_memory(current);
+        return Ok(Source::Memory);
     }
     tracing::debug!(
         needed = seq,
         at = current.at(),
         "memory is behind; reading the database"
     );
-    let value = read_database().await?;
-    Ok(Served { value, at: head })
+    Ok(Source::Database { at: head })
+}
+
+/// A read of one policy as [`choose`] says: `from_memory`, or `read_database` served at the
+/// head.
+pub async fn serve<T, H, R>(
+    current: &Current,
+    freshness: Freshness,
+    from_memory: impl FnOnce(&Current) -> Result<Served<T>, StoreError>,
+    head: impl FnOnce() -> H,
+    read_database: impl FnOnce() -> R,
+) -> Result<Served<T>, StoreError>
+where
+    H: Future<Output = Result<u64, StoreError>>,
+    R: Future<Output = Result<T, StoreError>>,
+{
+    match choose(current, freshness, head).await? {
+        Source::Memory => from_memory(current),
+        Source::Database { at } => Ok(Served {
+            value: read_database().await?,
+            at,
+        }),
+    }
+}
+
+/// A read of the whole state as [`choose`] says: `read` on a [`View`] of memory, or on a read
+/// view of the database (`read_database`), served at the head.
+pub async fn read_with<T, H, R>(
+    current: &Current,
+    freshness: Freshness,
+    read: super::SnapshotRead<T>,
+    head: impl FnOnce() -> H,
+    read_database: impl FnOnce(super::SnapshotRead<T>) -> R,
+) -> Result<Served<T>, StoreError>
+where
+    H: Future<Output = Result<u64, StoreError>>,
+    R: Future<Output = Result<T, StoreError>>,
+{
+    match choose(current, freshness, head).await? {
+        Source::Memory => {
+            let view = current.view();
+            // A panicking read fails its own call, as one of the database's does.
+            let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read(&view)))
+                .map_err(|_| StoreError::Internal("a read of the in-memory state panicked".into()))?
+                .map_err(StoreError::Internal)?;
+            Ok(Served {
+                value,
+                at: view.at(),
+            })
+        }
+        Source::Database { at } => Ok(Served {
+            value: read_database(read).await?,
+            at,
+        }),
+    }
 }

@@ -361,6 +361,16 @@ impl<S: Store> Store for Observed<S> {
             .await
     }
 
+    async fn read_current<T: Send + 'static>(
+        &self,
+        freshness: Freshness,
+        read: super::SnapshotRead<T>,
+    ) -> Result<Served<T>, StoreError> {
+        self.metrics
+            .read("read_snapshot", self.inner.read_current(freshness, read))
+            .await
+    }
+
     /// Queued when called, as the inner store's write is (the wrapper adds no await first).
     fn write(&self, write: Write) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send {
         self.metrics.mutation(self.inner.write(write))

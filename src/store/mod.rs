@@ -110,7 +110,9 @@ pub struct Write {
     /// The resource to store; `resource.entitlement` is the key. Output-only fields are ignored.
     pub resource: pb::EntitlementProvisionPolicy,
     /// Every entitlement the resource delegates to, in either policy: stored with it as its
-    /// delegation edges (replacing those of the previous revision).
+    /// delegation edges (replacing those of the previous revision). Must be
+    /// `policy::graph::edges(&resource).targets`: the in-memory state derives them from the
+    /// resource (the change log carries nothing else).
     pub delegation_targets: Vec<pb::EntitlementRef>,
     /// Sources of bindings into this entitlement to create, marked implicit, in the same
     /// transaction and before the check runs (delegations with `implicit: true`). A binding
@@ -244,6 +246,15 @@ pub trait Store: Send + Sync + 'static {
         entitlement: &pb::EntitlementRef,
         freshness: Freshness,
     ) -> impl Future<Output = Result<Served<Option<StoredRevision>>, StoreError>> + Send;
+
+    /// Runs `read` against this process's in-memory state when it is as fresh as `freshness`
+    /// asks (waiting for it as `get_current` does), else against one consistent read view of
+    /// the database; with the log position it was served at.
+    fn read_current<T: Send + 'static>(
+        &self,
+        freshness: Freshness,
+        read: SnapshotRead<T>,
+    ) -> impl Future<Output = Result<Served<T>, StoreError>> + Send;
 
     /// Applies `write` atomically: precondition, check and write in one transaction.
     fn write(&self, write: Write) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send;

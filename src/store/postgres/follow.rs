@@ -23,6 +23,7 @@ use tokio_stream::StreamExt;
 
 use super::error::{Failure, chain};
 use super::queries;
+use crate::pb;
 use crate::store::StoreError;
 use crate::store::changes::HeadPublisher;
 use crate::store::current::{Current, Loading};
@@ -211,6 +212,23 @@ pub(super) async fn load(pool: &Pool) -> Result<Current, StoreError> {
     while let Some(row) = rows.next().await {
         let (key, record) = queries::encoded_from_row(&row?)?;
         loading.add(key, record);
+    }
+    let refs = |row: &tokio_postgres::Row| -> Result<_, StoreError> {
+        let of = |app: usize, entitlement: usize| -> Result<_, tokio_postgres::Error> {
+            Ok(pb::EntitlementRef {
+                app_id: row.try_get(app)?,
+                entitlement_id: row.try_get(entitlement)?,
+            })
+        };
+        Ok((of(0, 1)?, of(2, 3)?))
+    };
+    for row in tx.query(queries::ALL_DELEGATIONS, &[]).await? {
+        let (key, target) = refs(&row)?;
+        loading.add_edge(key, target);
+    }
+    for row in tx.query(queries::ALL_BINDINGS, &[]).await? {
+        let (source, destination) = refs(&row)?;
+        loading.add_binding(source, destination);
     }
     tx.commit().await?;
     Ok(loading.finish(at))

@@ -478,6 +478,21 @@ impl Store for PostgresStore {
         row.as_ref().map(queries::revision_from_row).transpose()
     }
 
+    async fn read_current<T: Send + 'static>(
+        &self,
+        freshness: Freshness,
+        read: super::SnapshotRead<T>,
+    ) -> Result<Served<T>, StoreError> {
+        current::read_with(
+            &self.current,
+            freshness,
+            read,
+            || self.head(),
+            |read| self.read_snapshot(read),
+        )
+        .await
+    }
+
     /// The write is queued when this is called, before the future is first polled.
     fn write(&self, write: Write) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send {
         let done = self.submit(Op::Write(write));

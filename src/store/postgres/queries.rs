@@ -31,6 +31,14 @@ pub(super) const ALL_CURRENT: &str = "
       ON r.app_id = p.app_id AND r.entitlement_id = p.entitlement_id AND r.revision = p.revision
     WHERE NOT p.deleted";
 
+/// Every delegation edge and every proxy binding, for the in-memory state at open.
+pub(super) const ALL_DELEGATIONS: &str = "
+    SELECT app_id, entitlement_id, target_app_id, target_entitlement_id
+    FROM delegations";
+pub(super) const ALL_BINDINGS: &str = "
+    SELECT source_app_id, source_entitlement_id, destination_app_id, destination_entitlement_id
+    FROM proxy_bindings";
+
 /// One statement, so the revision and the create time (that of revision 1) come from one
 /// snapshot.
 pub(super) const AT_REVISION: &str = "

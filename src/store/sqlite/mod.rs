@@ -10,7 +10,6 @@
 mod checkpoint;
 #[cfg(test)]
 mod checkpoint_tests;
-mod dependants;
 mod error;
 mod lookup;
 mod open;
@@ -27,7 +26,6 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use self::checkpoint::{CheckpointLimits, Checkpointer};
-use self::dependants::Dependants;
 use self::error::Failure;
 pub use self::error::OpenError;
 use self::open::{DATABASE_FILE, DataDirLock};
@@ -59,7 +57,6 @@ pub struct SqliteStore {
     lock: Mutex<Option<DataDirLock>>,
     store_id: String,
     head: HeadPublisher,
-    graph: Arc<Dependants>,
     /// The current revision of every live policy: what a Get of the current revision answers.
     current: Arc<Current>,
     data_dir: std::path::PathBuf,
@@ -88,10 +85,6 @@ impl SqliteStore {
             source: err.into(),
         })?;
         let head = HeadPublisher::new(seq);
-        let graph = Arc::new(Dependants::load(&conn).map_err(|err| OpenError::Log {
-            path: path.clone(),
-            source: err.into(),
-        })?);
         let current = Arc::new(load_current(&conn, seq).map_err(|err| OpenError::Log {
             path: path.clone(),
             source: Box::new(err),
@@ -110,7 +103,6 @@ impl SqliteStore {
             queue,
             checkpointer,
             head.clone(),
-            Arc::clone(&graph),
             Arc::clone(&current),
             metrics.clone(),
         )
@@ -121,7 +113,6 @@ impl SqliteStore {
             lock: Mutex::new(Some(lock)),
             store_id,
             head,
-            graph,
             current,
             data_dir: data_dir.to_owned(),
             metrics,
@@ -153,10 +144,15 @@ async fn answered<T>(queued: Result<Answer<T>, StoreError>) -> Result<T, StoreEr
     queued?.await.map_err(|_| Failure::WriterStopped)?
 }
 
-/// The in-memory current revisions, loaded row by row with the stored bytes as they are.
+/// The in-memory state: the current revisions row by row with the stored bytes as they are,
+/// the delegation edges and the bindings from their tables.
 fn load_current(conn: &rusqlite::Connection, at: u64) -> Result<Current, StoreError> {
     let mut loading = Loading::default();
     queries::each_current(conn, |key, record| loading.add(key, record))?;
+    queries::each_delegation(conn, |key, target| loading.add_edge(key, target))?;
+    queries::each_binding(conn, |source, destination| {
+        loading.add_binding(source, destination)
+    })?;
     Ok(loading.finish(at))
 }
 
@@ -200,6 +196,22 @@ impl Store for SqliteStore {
         }
     }
 
+    async fn read_current<T: Send + 'static>(
+        &self,
+        freshness: Freshness,
+        read: super::SnapshotRead<T>,
+    ) -> Result<Served<T>, StoreError> {
+        self.readers.check_open()?;
+        current::read_with(
+            &self.current,
+            freshness,
+            read,
+            || async { Ok(self.head.current()) },
+            |read| self.read_snapshot(read),
+        )
+        .await
+    }
+
     /// The write is queued when this is called, before the future is first polled.
     fn write(&self, write: Write) -> impl Future<Output = Result<WriteOutcome, StoreError>> + Send {
         answered(self.writer.queue(write))
@@ -215,9 +227,9 @@ impl Store for SqliteStore {
             .await
     }
 
-    /// From memory: the writer keeps the graph current as it commits.
+    /// From memory: the writer keeps it current as it commits.
     async fn has_dependants(&self, entitlement: &pb::EntitlementRef) -> Result<bool, StoreError> {
-        Ok(self.graph.has_dependants(entitlement))
+        Ok(self.current.has_dependants(entitlement))
     }
 
     async fn read_snapshot<T: Send + 'static>(

@@ -5,7 +5,6 @@
 use prost::Message;
 use rusqlite::Connection;
 
-use super::dependants::EdgeChange;
 use super::error::Failure;
 use super::lookup::run_check;
 use super::queries;
@@ -13,7 +12,7 @@ use super::writer::Operation;
 use crate::pb;
 use crate::policy;
 use crate::store::changes;
-use crate::store::current::CurrentChange;
+use crate::store::changes::ChangeSet;
 use crate::store::head::{self, Audit, Head};
 use crate::store::record::clear_output_fields;
 use crate::store::{
@@ -32,26 +31,10 @@ fn record_of(
 impl Operation for Write {
     type Output = WriteOutcome;
 
-    fn edges(&self) -> Option<EdgeChange> {
-        Some(EdgeChange {
-            key: self.resource.entitlement.clone()?,
-            targets: self.delegation_targets.clone(),
-        })
-    }
-
-    fn current(_key: &pb::EntitlementRef, output: &WriteOutcome) -> Option<CurrentChange> {
-        match output {
-            WriteOutcome::Written { record, .. } => {
-                Some(CurrentChange::Put(Box::new(record.clone())))
-            }
-            WriteOutcome::Rejected { .. } => None,
-        }
-    }
-
     /// Preconditions, implicit bindings, check, then the new record, its delegation edges and
     /// its log entry. The bindings come before the check, which must see them; a write that
     /// does not stand takes them back with its savepoint.
-    fn stage(self, conn: &Connection) -> Result<(WriteOutcome, bool), StoreError> {
+    fn stage(self, conn: &Connection) -> Result<(WriteOutcome, Option<ChangeSet>), StoreError> {
         let Write {
             mut resource,
             delegation_targets,
@@ -92,13 +75,13 @@ impl Operation for Write {
 
         let violations = run_check(check, conn)?;
         if policy::has_errors(&violations) {
-            return Ok((WriteOutcome::Rejected { violations }, false));
+            return Ok((WriteOutcome::Rejected { violations }, None));
         }
 
         let new = head::next(head, now, false);
         if validate_only {
             let record = record_of(resource, new, 0, audit)?;
-            return Ok((WriteOutcome::Written { record, violations }, false));
+            return Ok((WriteOutcome::Written { record, violations }, None));
         }
         let seq = queries::next_seq(conn)?;
         queries::store_revision(conn, &key, &resource.encode_to_vec(), new, seq, audit)?;
@@ -106,31 +89,17 @@ impl Operation for Write {
         let record = record_of(resource, new, seq, audit)?;
         let mut log = vec![changes::put(&record)];
         log.extend(created.iter().map(changes::binding_created));
-        queries::append_change(conn, seq, new.update_time, log)?;
-        Ok((WriteOutcome::Written { record, violations }, true))
+        let logged = queries::append_change(conn, seq, new.update_time, log)?;
+        Ok((WriteOutcome::Written { record, violations }, Some(logged)))
     }
 }
 
 impl Operation for Delete {
     type Output = DeleteOutcome;
 
-    fn edges(&self) -> Option<EdgeChange> {
-        Some(EdgeChange {
-            key: self.entitlement.clone(),
-            targets: Vec::new(),
-        })
-    }
-
-    fn current(key: &pb::EntitlementRef, output: &DeleteOutcome) -> Option<CurrentChange> {
-        match output {
-            DeleteOutcome::Deleted { .. } => Some(CurrentChange::Removed(key.clone())),
-            DeleteOutcome::Missing => None,
-        }
-    }
-
     /// Preconditions, dependants, then the tombstone: the head's resource replaced by the bare
     /// entitlement, its edges dropped, and a DELETE entry carrying the last live resource.
-    fn stage(self, conn: &Connection) -> Result<(DeleteOutcome, bool), StoreError> {
+    fn stage(self, conn: &Connection) -> Result<(DeleteOutcome, Option<ChangeSet>), StoreError> {
         let Delete {
             entitlement: key,
             expected_revision,
@@ -145,7 +114,7 @@ impl Operation for Delete {
         };
         let Some(head) = queries::head(conn, &key)?.filter(|head| !head.deleted) else {
             return match allow_missing {
-                true => Ok((DeleteOutcome::Missing, false)),
+                true => Ok((DeleteOutcome::Missing, None)),
                 false => Err(StoreError::NotFound),
             };
         };
@@ -160,7 +129,7 @@ impl Operation for Delete {
                 revision: tombstone.revision,
                 change_seq: 0,
             };
-            return Ok((outcome, false));
+            return Ok((outcome, None));
         }
         let last = queries::current(conn, &key)?.ok_or(Failure::MissingEntitlement)?;
         let seq = queries::next_seq(conn)?;
@@ -168,12 +137,12 @@ impl Operation for Delete {
         queries::store_revision(conn, &key, &bare, tombstone, seq, audit)?;
         queries::replace_delegations(conn, &key, &[])?;
         let log = vec![changes::delete(tombstone.revision, audit, &last)];
-        queries::append_change(conn, seq, tombstone.update_time, log)?;
+        let logged = queries::append_change(conn, seq, tombstone.update_time, log)?;
         let outcome = DeleteOutcome::Deleted {
             revision: tombstone.revision,
             change_seq: seq,
         };
-        Ok((outcome, true))
+        Ok((outcome, Some(logged)))
     }
 }
 
@@ -186,7 +155,7 @@ pub(super) struct CreateBinding {
 impl Operation for CreateBinding {
     type Output = StoredBinding;
 
-    fn stage(self, conn: &Connection) -> Result<(StoredBinding, bool), StoreError> {
+    fn stage(self, conn: &Connection) -> Result<(StoredBinding, Option<ChangeSet>), StoreError> {
         let Self {
             source,
             destination,
@@ -203,13 +172,9 @@ impl Operation for CreateBinding {
             create_time: queries::time_from_micros(create_time)?,
         };
         let seq = queries::next_seq(conn)?;
-        queries::append_change(
-            conn,
-            seq,
-            create_time,
-            vec![changes::binding_created(&binding)],
-        )?;
-        Ok((binding, true))
+        let log = vec![changes::binding_created(&binding)];
+        let logged = queries::append_change(conn, seq, create_time, log)?;
+        Ok((binding, Some(logged)))
     }
 }
 
@@ -223,7 +188,7 @@ impl Operation for DeleteBinding {
 
     /// A binding is in use while the destination's current resource delegates to the source:
     /// then the delete is taken back with the savepoint.
-    fn stage(self, conn: &Connection) -> Result<((), bool), StoreError> {
+    fn stage(self, conn: &Connection) -> Result<((), Option<ChangeSet>), StoreError> {
         let Self {
             source,
             destination,
@@ -238,7 +203,7 @@ impl Operation for DeleteBinding {
         }
         let seq = queries::next_seq(conn)?;
         let log = vec![changes::binding_deleted(&binding)];
-        queries::append_change(conn, seq, queries::now_micros(), log)?;
-        Ok(((), true))
+        let logged = queries::append_change(conn, seq, queries::now_micros(), log)?;
+        Ok(((), Some(logged)))
     }
 }

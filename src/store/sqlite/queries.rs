@@ -86,6 +86,54 @@ pub(super) fn each_current(
     Ok(())
 }
 
+/// Every stored delegation edge (who, target), for the in-memory state at open.
+pub(super) fn each_delegation(
+    conn: &Connection,
+    mut each: impl FnMut(pb::EntitlementRef, pb::EntitlementRef),
+) -> Result<(), StoreError> {
+    each_pair(
+        conn,
+        "SELECT app_id, entitlement_id, target_app_id, target_entitlement_id FROM delegations",
+        &mut each,
+    )
+}
+
+/// Every row of `sql`, four ids, as two entitlements.
+fn each_pair(
+    conn: &Connection,
+    sql: &str,
+    each: &mut impl FnMut(pb::EntitlementRef, pb::EntitlementRef),
+) -> Result<(), StoreError> {
+    let mut stmt = conn.prepare(sql)?;
+    let mut rows = stmt.query([])?;
+    while let Some(row) = rows.next()? {
+        let first = pb::EntitlementRef {
+            app_id: row.get(0)?,
+            entitlement_id: row.get(1)?,
+        };
+        let second = pb::EntitlementRef {
+            app_id: row.get(2)?,
+            entitlement_id: row.get(3)?,
+        };
+        each(first, second);
+    }
+    Ok(())
+}
+
+/// Every proxy binding (source, destination), for the in-memory state at open.
+pub(super) fn each_binding(
+    conn: &Connection,
+    mut each: impl FnMut(pb::EntitlementRef, pb::EntitlementRef),
+) -> Result<(), StoreError> {
+    each_pair(
+        conn,
+        "SELECT source_app_id, source_entitlement_id, destination_app_id,
+                destination_entitlement_id
+         FROM proxy_bindings",
+        &mut each,
+    )
+}
+
 /// One statement, so the revision and the create time (that of revision 1) come from one
 /// snapshot.
 pub(super) fn at_revision(
@@ -435,19 +483,24 @@ pub(super) fn next_seq(conn: &Connection) -> Result<u64, StoreError> {
     Ok(u64::try_from(seq).map_err(|_| Failure::Sequence(seq))?)
 }
 
+/// Appends the log entry at `seq`; returns it, for the in-memory state once the batch commits.
 pub(super) fn append_change(
     conn: &Connection,
     seq: u64,
     commit_time: i64,
     changes: Vec<pb::PolicyChange>,
-) -> Result<(), StoreError> {
+) -> Result<ChangeSet, StoreError> {
     conn.prepare_cached("INSERT INTO changes (seq, commit_time, payload) VALUES (?1, ?2, ?3)")?
         .execute(params![
             seq_param(seq),
             commit_time,
-            changes::encode(changes, commit_time)
+            changes::encode(changes.clone(), commit_time)
         ])?;
-    Ok(())
+    Ok(ChangeSet {
+        seq,
+        commit_time: time_from_micros(commit_time)?,
+        changes,
+    })
 }
 
 fn seq_param(seq: u64) -> i64 {

@@ -15,12 +15,11 @@ use rusqlite::{Connection, Transaction, TransactionBehavior};
 use tokio::sync::oneshot;
 
 use super::checkpoint::Checkpointer;
-use super::dependants::{Dependants, EdgeChange};
 use super::error::{self, Failure};
-use super::queries;
 use crate::store::StoreError;
+use crate::store::changes::ChangeSet;
 use crate::store::changes::HeadPublisher;
-use crate::store::current::{Current, CurrentChange};
+use crate::store::current::Current;
 use crate::store::metrics::StoreMetrics;
 
 /// The most operations one transaction holds: bounds how long the first caller of a batch waits
@@ -31,20 +30,10 @@ const MAX_BATCH: usize = 256;
 pub(super) trait Operation: Send + 'static {
     type Output: Send + 'static;
 
-    /// The delegation edges the operation leaves its key with, if it stands and changes them.
-    fn edges(&self) -> Option<EdgeChange> {
-        None
-    }
-
-    /// What the operation, once it stood, did to the current revision of `key` (the key of
-    /// its edges).
-    fn current(_key: &crate::pb::EntitlementRef, _output: &Self::Output) -> Option<CurrentChange> {
-        None
-    }
-
-    /// Does the operation on `conn`; returns the caller's answer and whether what it did stands.
-    /// An error, or `false`, rolls its savepoint back and leaves the rest of the batch alone.
-    fn stage(self, conn: &Connection) -> Result<(Self::Output, bool), StoreError>;
+    /// Does the operation on `conn`; returns the caller's answer and, when what it did stands,
+    /// the log entry it appended. An error, or `None`, rolls its savepoint back and leaves the
+    /// rest of the batch alone.
+    fn stage(self, conn: &Connection) -> Result<(Self::Output, Option<ChangeSet>), StoreError>;
 }
 
 /// The channel a caller awaits its answer on.
@@ -74,10 +63,9 @@ pub(super) trait Staged: Send {
     /// Whether the operation failed with [`StoreError::Unavailable`].
     fn is_unavailable(&self) -> bool;
     fn is_err(&self) -> bool;
-    /// The edges of an operation that stood, for the in-memory graph once the batch commits.
-    fn take_edges(&mut self) -> Option<EdgeChange>;
-    /// What an operation that stood did to the current revisions, once the batch commits.
-    fn take_current(&mut self) -> Option<CurrentChange>;
+    /// The log entry of an operation that stood, for the in-memory state once the batch
+    /// commits.
+    fn take_logged(&mut self) -> Option<ChangeSet>;
     /// Sends the answer as staged.
     fn send(self: Box<Self>);
     /// Sends `err` instead.
@@ -95,8 +83,7 @@ struct Request<O: Operation> {
 struct Reply<T> {
     reply: oneshot::Sender<Result<T, StoreError>>,
     answer: Result<T, StoreError>,
-    edges: Option<EdgeChange>,
-    current: Option<CurrentChange>,
+    logged: Option<ChangeSet>,
     span: tracing::Span,
 }
 
@@ -107,21 +94,14 @@ impl<O: Operation> Queued for Request<O> {
             reply,
             span,
         } = *self;
-        let edges = operation.edges();
-        let (answer, kept) = match in_savepoint(tx, operation) {
-            Ok((output, kept)) => (Ok(output), kept),
-            Err(err) => (Err(err), false),
+        let (answer, logged) = match in_savepoint(tx, operation) {
+            Ok((output, logged)) => (Ok(output), logged),
+            Err(err) => (Err(err), None),
         };
-        let current = match (&answer, &edges) {
-            (Ok(output), Some(edges)) if kept => O::current(&edges.key, output),
-            _ => None,
-        };
-        let edges = edges.filter(|_| kept);
         Box::new(Reply {
             reply,
             answer,
-            edges,
-            current,
+            logged,
             span,
         })
     }
@@ -141,12 +121,8 @@ impl<T: Send> Staged for Reply<T> {
         self.answer.is_err()
     }
 
-    fn take_edges(&mut self) -> Option<EdgeChange> {
-        self.edges.take()
-    }
-
-    fn take_current(&mut self) -> Option<CurrentChange> {
-        self.current.take()
+    fn take_logged(&mut self) -> Option<ChangeSet> {
+        self.logged.take()
     }
 
     fn send(self: Box<Self>) {
@@ -164,17 +140,17 @@ impl<T: Send> Staged for Reply<T> {
 }
 
 /// Whatever does not stand is rolled back to the savepoint (dropping it rolls back); returns
-/// the output and whether it stood.
+/// the output and, when it stood, its log entry.
 fn in_savepoint<O: Operation>(
     tx: &mut Transaction<'_>,
     operation: O,
-) -> Result<(O::Output, bool), StoreError> {
+) -> Result<(O::Output, Option<ChangeSet>), StoreError> {
     let savepoint = tx.savepoint()?;
-    let (output, keep) = operation.stage(&savepoint)?;
-    if keep {
+    let (output, logged) = operation.stage(&savepoint)?;
+    if logged.is_some() {
         savepoint.commit()?;
     }
-    Ok((output, keep))
+    Ok((output, logged))
 }
 
 /// The writer's queue before the writer starts: made first, so that the checkpointer can be given
@@ -258,15 +234,14 @@ pub(super) struct Writer {
 }
 
 impl Writer {
-    /// Starts the thread on `queue`; after each commit, before answering, it moves `head`
-    /// forward and applies the batch's delegation edges to `graph`; after answering, it tells
+    /// Starts the thread on `queue`; after each commit, before answering, it applies the
+    /// batch's log entries to `current` and moves `head` forward; after answering, it tells
     /// `checkpointer`, which it stops before its own checkpoint at the end.
     pub(super) fn spawn(
         conn: Connection,
         queue: Queue,
         checkpointer: Checkpointer,
         head: HeadPublisher,
-        graph: Arc<Dependants>,
         current: Arc<Current>,
         metrics: StoreMetrics,
     ) -> std::io::Result<Self> {
@@ -279,7 +254,6 @@ impl Writer {
                 move || {
                     let committed = Committed {
                         head,
-                        graph,
                         current,
                         metrics,
                     };
@@ -346,7 +320,6 @@ impl Drop for Writer {
 /// What learns of each commit before its callers do.
 struct Committed {
     head: HeadPublisher,
-    graph: Arc<Dependants>,
     current: Arc<Current>,
     metrics: StoreMetrics,
 }
@@ -430,7 +403,7 @@ fn commit_batch(
             if committed.is_ok() {
                 head.metrics.committed(answers.len(), started.elapsed());
             }
-            return answer(conn, committed, answers, commits, head);
+            return answer(committed, answers, commits, head);
         };
         let unavailable = lost.is_unavailable();
         if lost.is_err() {
@@ -454,7 +427,6 @@ fn commit_batch(
 /// Answers a batch after its COMMIT. Watchers learn the new head first: an acknowledged write
 /// is always in the log a watch reads.
 fn answer(
-    conn: &Connection,
     committed: rusqlite::Result<()>,
     mut answers: Vec<Box<dyn Staged>>,
     commits: &AtomicU64,
@@ -463,24 +435,18 @@ fn answer(
     match committed {
         Ok(()) => {
             commits.fetch_add(1, Ordering::Relaxed);
-            learners
-                .graph
-                .apply(answers.iter_mut().filter_map(|answer| answer.take_edges()));
-            let seq = queries::log_state(conn).map(|(_, seq)| seq);
+            // This writer is the log's only one and the log is gap-free: the batch's entries,
+            // in order, follow what memory has, and the last of them is the head.
+            let logged: Vec<ChangeSet> = answers
+                .iter_mut()
+                .filter_map(|answer| answer.take_logged())
+                .collect();
             // Memory first, then the head: a reader that sees the head sees memory at it.
-            learners.current.apply(
-                answers
-                    .iter_mut()
-                    .filter_map(|answer| answer.take_current()),
-                seq.as_ref().ok().copied(),
-            );
-            match seq {
-                Ok(seq) => learners.head.advance(seq),
-                // Watchers catch up with the next commit; the writes stand regardless.
-                Err(err) => tracing::warn!(
-                    error = &err as &dyn std::error::Error,
-                    "cannot read the change log head after a commit"
-                ),
+            if let Err(err) = learners.current.apply_log(&logged) {
+                tracing::error!(error = %err, "cannot apply a committed batch to the in-memory state");
+            }
+            if let Some(last) = logged.last() {
+                learners.head.advance(last.seq);
             }
             answers.into_iter().for_each(|answer| answer.send());
         }
