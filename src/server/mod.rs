@@ -30,7 +30,7 @@ use self::metrics::{Metrics, MetricsLayer, Refresh};
 use crate::config::Config;
 use crate::pb;
 use crate::pb::provision_policy_service_server::ProvisionPolicyServiceServer;
-use crate::service::PolicyService;
+use crate::service::{PolicyService, WithEncodedGet};
 use crate::store::Store;
 use crate::store::metrics::{Observed, StoreBackend, StoreMetrics};
 use crate::store::postgres::{self, PostgresStore};
@@ -221,7 +221,11 @@ async fn serve_store<S: Store>(
         .add_service(health_service)
         .add_optional_service(reflection_v1)
         .add_optional_service(reflection_v1alpha)
-        .add_service(policy_service)
+        .add_service(WithEncodedGet::new(
+            policy_service,
+            store.clone(),
+            MAX_REQUEST_BYTES,
+        ))
         .serve_with_incoming_shutdown(incoming, async {
             let _ = stopped.await;
         });

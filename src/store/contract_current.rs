@@ -26,12 +26,24 @@ pub(crate) use store_current_contract_tests;
 /// A hang guard only: memory reaches the head in milliseconds.
 const WITHIN: Duration = Duration::from_secs(10);
 
+/// The current resource as `get_current` serves it (encoded as clients see it), decoded.
 async fn current(
     store: &impl Store,
     key: &pb::EntitlementRef,
     freshness: Freshness,
-) -> Served<Option<StoredRevision>> {
-    store.get_current(key, freshness).await.unwrap()
+) -> Served<Option<pb::EntitlementProvisionPolicy>> {
+    let served = store.get_current(key, freshness).await.unwrap();
+    Served {
+        value: served.value.map(|bytes| {
+            prost::Message::decode(bytes).expect("get_current serves a resource's encoding")
+        }),
+        at: served.at,
+    }
+}
+
+/// A stored record as clients see it: what `get_current` must serve for it.
+fn client(record: &StoredRevision) -> pb::EntitlementProvisionPolicy {
+    record.clone().into_resource()
 }
 
 /// Polls `minimize_latency` until memory has reached `seq`, checking on the way that what it
@@ -40,7 +52,7 @@ async fn settled(
     store: &impl Store,
     key: &pb::EntitlementRef,
     seq: u64,
-) -> Served<Option<StoredRevision>> {
+) -> Served<Option<pb::EntitlementProvisionPolicy>> {
     let deadline = tokio::time::Instant::now() + WITHIN;
     let mut last = 0;
     loop {
@@ -70,15 +82,23 @@ pub(crate) async fn every_freshness_sees_an_acknowledged_write(backend: &impl Ba
         let record =
             super::contract::written(&store, put(resource(&key, &format!("hook-{n}")))).await;
         let latest = current(&store, &key, Freshness::Latest).await;
-        assert_eq!(latest.value.as_ref(), Some(&record), "fully consistent");
+        assert_eq!(
+            latest.value.as_ref(),
+            Some(&client(&record)),
+            "fully consistent"
+        );
         assert!(latest.at >= record.change_seq);
         let fresh = current(&store, &key, Freshness::AtLeast(record.change_seq)).await;
-        assert_eq!(fresh.value.as_ref(), Some(&record), "at least as fresh");
+        assert_eq!(
+            fresh.value.as_ref(),
+            Some(&client(&record)),
+            "at least as fresh"
+        );
         assert!(fresh.at >= record.change_seq);
         let any = settled(&store, &key, record.change_seq).await;
         assert_eq!(
             any.value.as_ref(),
-            Some(&record),
+            Some(&client(&record)),
             "minimize latency, once caught up"
         );
     }
@@ -101,10 +121,10 @@ pub(crate) async fn a_cursor_past_the_head_is_refused(backend: &impl Backend) {
     }
     // The head itself is served, and with it the write.
     let served = current(&store, &key, Freshness::AtLeast(head)).await;
-    assert_eq!(served.value.as_ref(), Some(&record));
+    assert_eq!(served.value.as_ref(), Some(&client(&record)));
     // Any position before it is served too (memory may lag there, but not back past it).
     let served = current(&store, &key, Freshness::AtLeast(0)).await;
-    assert!(served.value.is_none() || served.value.as_ref() == Some(&record));
+    assert!(served.value.is_none() || served.value.as_ref() == Some(&client(&record)));
     store.close().await.unwrap();
 }
 
@@ -137,7 +157,7 @@ async fn agree(store: &impl Store, keys: &[pb::EntitlementRef], when: &str) -> u
     for key in keys {
         let served = settled(store, key, at).await;
         let stored = rows.get(&(key.app_id.clone(), key.entitlement_id.clone()));
-        assert_eq!(served.value.as_ref(), stored, "{when}: {key:?}");
+        assert_eq!(served.value, stored.map(client), "{when}: {key:?}");
     }
     let (for_memory, for_tables) = (keys.to_vec(), keys.to_vec());
     let memory = store

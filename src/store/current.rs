@@ -25,7 +25,7 @@ use prost::Message;
 use tokio::sync::{Notify, watch};
 
 use super::changes::ChangeSet;
-use super::record::clear_output_fields;
+use super::record::{clear_output_fields, etag, timestamp};
 use super::{StoreError, StoredRevision};
 use crate::pb;
 use crate::pb::policy_change::Kind;
@@ -239,6 +239,26 @@ impl Encoded {
         }
     }
 
+    /// The resource as clients see it, encoded: the stored bytes followed by the output-only
+    /// fields. A message's encodings concatenate into their merge, and the stored bytes hold
+    /// no output-only field (both backends clear them before storing), so this decodes to
+    /// exactly what `StoredRevision::into_resource` gives, with no decode to get there.
+    fn client_bytes(&self) -> bytes::Bytes {
+        let output = pb::EntitlementProvisionPolicy {
+            etag: etag(self.revision),
+            revision: self.revision,
+            create_time: Some(timestamp(self.create_time)),
+            update_time: Some(timestamp(self.update_time)),
+            actor: self.actor.to_string(),
+            change_cause: self.change_cause.to_string(),
+            ..Default::default()
+        };
+        let mut bytes = Vec::with_capacity(self.resource.len() + output.encoded_len());
+        bytes.extend_from_slice(&self.resource);
+        output.encode_raw(&mut bytes);
+        bytes.into()
+    }
+
     fn decode(&self) -> Result<StoredRevision, StoreError> {
         Ok(StoredRevision {
             resource: pb::EntitlementProvisionPolicy::decode(&*self.resource)
@@ -319,6 +339,24 @@ impl Current {
         Ok(Served { value, at })
     }
 
+    /// The current resource of `key` as clients see it, encoded ([`Encoded::client_bytes`]),
+    /// if it is live, with the position memory has reached: a lookup and a copy.
+    pub fn get_encoded(
+        &self,
+        key: &pb::EntitlementRef,
+    ) -> Result<Served<Option<bytes::Bytes>>, StoreError> {
+        let state = self.state();
+        let value = match state.policies.get(key) {
+            None => None,
+            Some(Entry::Live(encoded)) => Some(encoded.client_bytes()),
+            Some(Entry::Undecodable) => return Err(Unreadable::AtStart.into()),
+        };
+        Ok(Served {
+            value,
+            at: state.at,
+        })
+    }
+
     /// Whether any live policy other than `key`'s own delegates to it.
     pub fn has_dependants(&self, key: &pb::EntitlementRef) -> bool {
         self.state().dependants.contains_key(key)
@@ -383,6 +421,11 @@ impl Current {
     pub fn held(&self) -> usize {
         self.state().policies.len()
     }
+}
+
+/// A record read from the database, encoded as memory serves it.
+pub fn client_bytes(record: StoredRevision) -> bytes::Bytes {
+    record.into_resource().encode_to_vec().into()
 }
 
 /// The whole state at one position of the log, as the rules read stored state.

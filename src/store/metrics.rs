@@ -345,7 +345,7 @@ impl<S: Store> Store for Observed<S> {
         &self,
         entitlement: &pb::EntitlementRef,
         freshness: Freshness,
-    ) -> Result<Served<Option<StoredRevision>>, StoreError> {
+    ) -> Result<Served<Option<bytes::Bytes>>, StoreError> {
         self.metrics
             .read("get", self.inner.get_current(entitlement, freshness))
             .await

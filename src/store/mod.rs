@@ -239,13 +239,14 @@ pub trait Store: Send + Sync + 'static {
         revision: Option<i64>,
     ) -> impl Future<Output = Result<Option<StoredRevision>, StoreError>> + Send;
 
-    /// The current resource of `entitlement`, if it has one, as fresh as `freshness` asks,
-    /// with the log position it was served at (see `current.rs`).
+    /// The current resource of `entitlement` as clients see it (output-only fields set),
+    /// encoded, if it has one, as fresh as `freshness` asks, with the log position it was
+    /// served at (see `current.rs`): from memory, ready bytes without a decode.
     fn get_current(
         &self,
         entitlement: &pb::EntitlementRef,
         freshness: Freshness,
-    ) -> impl Future<Output = Result<Served<Option<StoredRevision>>, StoreError>> + Send;
+    ) -> impl Future<Output = Result<Served<Option<bytes::Bytes>>, StoreError>> + Send;
 
     /// Runs `read` against this process's in-memory state when it is as fresh as `freshness`
     /// asks (waiting for it as `get_current` does), else against one consistent read view of

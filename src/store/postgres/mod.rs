@@ -440,13 +440,16 @@ impl Store for PostgresStore {
         &self,
         entitlement: &pb::EntitlementRef,
         freshness: Freshness,
-    ) -> Result<Served<Option<StoredRevision>>, StoreError> {
+    ) -> Result<Served<Option<bytes::Bytes>>, StoreError> {
         current::serve(
             &self.current,
             freshness,
-            |current| current.get(entitlement),
+            |current| current.get_encoded(entitlement),
             || self.head(),
-            || self.get(entitlement, None),
+            || async {
+                let record = self.get(entitlement, None).await?;
+                Ok(record.map(current::client_bytes))
+            },
         )
         .await
     }

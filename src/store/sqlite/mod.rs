@@ -162,18 +162,18 @@ impl Store for SqliteStore {
         &self,
         entitlement: &pb::EntitlementRef,
         freshness: Freshness,
-    ) -> Result<Served<Option<StoredRevision>>, StoreError> {
+    ) -> Result<Served<Option<bytes::Bytes>>, StoreError> {
         self.readers.check_open()?;
         current::serve(
             &self.current,
             freshness,
-            |current| current.get(entitlement),
+            |current| current.get_encoded(entitlement),
             || async { Ok(self.head.current()) },
             || {
-                std::future::ready(
-                    self.readers
-                        .read(|conn| queries::current(conn, entitlement)),
-                )
+                let read = self
+                    .readers
+                    .read(|conn| queries::current(conn, entitlement));
+                std::future::ready(read.map(|record| record.map(current::client_bytes)))
             },
         )
         .await
