@@ -126,24 +126,21 @@ pub(super) async fn dependents(
 
 /// How many entitlements depend on `entitlement`, directly or through chains, as stored now:
 /// one point read when none does (the common case), the full walk in a read view otherwise.
-/// How many entitlements depend on `entitlement` in the stored state at least at log position
-/// `at` (0: as it is now): from memory when it has reached that, else the database.
+/// How many entitlements depend on `entitlement`, as this replica's memory has them: a Set's
+/// own write never changes who delegates to its entitlement (only whom it delegates to), so
+/// waiting for memory to reach that write, or asking the database for its head, would only
+/// make the Set's answer later (on SQLite memory is exact in any case).
 pub(super) async fn count_dependents(
     store: &impl Store,
     entitlement: Option<&pb::EntitlementRef>,
-    at: u64,
 ) -> Result<i32, Error> {
     let Some(entitlement) = entitlement.filter(|e| policy::is_entitlement(e)) else {
         return Ok(0);
     };
     let entitlement = entitlement.clone();
-    let freshness = match at {
-        0 => Freshness::Latest,
-        at => Freshness::AtLeast(at),
-    };
     let served = store
         .read_current(
-            freshness,
+            Freshness::Any,
             Box::new(move |snapshot| dependent_count(Some(&entitlement), snapshot)),
         )
         .await?;

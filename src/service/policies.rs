@@ -142,12 +142,8 @@ pub(super) async fn set(
     };
     let (record, warnings) = write(store, resource, intent).await?;
     // Counted after the commit, not under the write lock: the blast radius, as now stored.
-    let dependent_count = plans::count_dependents(
-        store,
-        record.resource.entitlement.as_ref(),
-        record.change_seq,
-    )
-    .await?;
+    let dependent_count =
+        plans::count_dependents(store, record.resource.entitlement.as_ref()).await?;
     Ok(pb::SetProvisionPolicyResponse {
         change_cursor: write_cursor(store, &record),
         policy: Some(record.into_resource()),
