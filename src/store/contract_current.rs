@@ -206,6 +206,16 @@ fn lookups(
         .collect()
 }
 
+/// A repeatable pseudo-random source: each call a number below its bound.
+pub(crate) fn xorshift(mut seed: u64) -> impl FnMut(u64) -> u64 {
+    move |bound: u64| {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed % bound
+    }
+}
+
 /// One random mutation of the entitlements `keys` (at most 6): a write (delegating to some of
 /// the others), a delete, a rollback (revision 1's resource written again), a binding created
 /// or deleted, or a write that does not stand (rejected, validate-only, stale). Fails only on an
@@ -298,13 +308,7 @@ pub(crate) async fn memory_agrees_with_the_tables_after_random_mutations_and_reo
     let keys: Vec<pb::EntitlementRef> = (0..6)
         .map(|n| entitlement("mix", &format!("e{n}")))
         .collect();
-    let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-    let mut next = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound
-    };
+    let mut next = xorshift(0x2545_f491_4f6c_dd1d);
     let mut store = backend.open().await;
     let (mut live_seen, mut reopens) = (0, 0);
     for round in 0..240 {

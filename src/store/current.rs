@@ -275,7 +275,11 @@ impl Encoded {
 
 /// The state as a backend reads it at start, one row at a time.
 #[derive(Default)]
-pub struct Loading(State, HashMap<pb::EntitlementRef, Vec<pb::EntitlementRef>>);
+pub struct Loading {
+    state: State,
+    /// The edges read so far, by the entitlement that delegates: made the state's at the end.
+    edges: HashMap<pb::EntitlementRef, Vec<pb::EntitlementRef>>,
+}
 
 impl Loading {
     /// Adds one stored current revision; one that does not read is logged and fails only its
@@ -288,27 +292,27 @@ impl Loading {
                 Entry::Undecodable
             }
         };
-        self.0.policies.insert(key, entry);
+        self.state.policies.insert(key, entry);
     }
 
     /// Adds a stored delegation edge (from the backend's table of them, so that the policies
     /// need not be decoded at start).
     pub fn add_edge(&mut self, key: pb::EntitlementRef, target: pb::EntitlementRef) {
-        self.1.entry(key).or_default().push(target);
+        self.edges.entry(key).or_default().push(target);
     }
 
     pub fn add_binding(&mut self, source: pb::EntitlementRef, destination: pb::EntitlementRef) {
-        self.0.bindings.insert((source, destination));
+        self.state.bindings.insert((source, destination));
     }
 
     /// The state, as of log position `at`.
     pub fn finish(mut self, at: u64) -> Current {
-        for (key, targets) in std::mem::take(&mut self.1) {
-            self.0.set_targets(&key, targets);
+        for (key, targets) in std::mem::take(&mut self.edges) {
+            self.state.set_targets(&key, targets);
         }
-        self.0.at = at;
+        self.state.at = at;
         Current {
-            state: RwLock::new(self.0),
+            state: RwLock::new(self.state),
             reached: watch::Sender::new(at),
             wanted: Notify::new(),
         }
@@ -345,15 +349,19 @@ impl Current {
         &self,
         key: &pb::EntitlementRef,
     ) -> Result<Served<Option<bytes::Bytes>>, StoreError> {
-        let state = self.state();
-        let value = match state.policies.get(key) {
-            None => None,
-            Some(Entry::Live(encoded)) => Some(encoded.client_bytes()),
-            Some(Entry::Undecodable) => return Err(Unreadable::AtStart.into()),
+        // The lock is held only for the lookup: the writer (or the feed) waits on it.
+        let (entry, at) = {
+            let state = self.state();
+            let entry = match state.policies.get(key) {
+                None => None,
+                Some(Entry::Live(encoded)) => Some(Arc::clone(encoded)),
+                Some(Entry::Undecodable) => return Err(Unreadable::AtStart.into()),
+            };
+            (entry, state.at)
         };
         Ok(Served {
-            value,
-            at: state.at,
+            value: entry.map(|entry| entry.client_bytes()),
+            at,
         })
     }
 

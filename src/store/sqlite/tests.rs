@@ -921,13 +921,7 @@ async fn an_older_database_gets_a_change_log_of_its_revisions_in_write_order() {
 async fn the_in_memory_state_agrees_with_the_tables_after_random_writes() {
     let dir = TempDir::new().unwrap();
     let keys: Vec<pb::EntitlementRef> = (0..6).map(key).collect();
-    let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
-    let mut next = move |bound: u64| {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed % bound
-    };
+    let mut next = crate::store::contract_current::xorshift(0x9e37_79b9_7f4a_7c15);
     let agree = |store: &SqliteStore, keys: &[pb::EntitlementRef], when: &str| {
         let side = side_connection(dir.path());
         let mut depended_on = 0;
